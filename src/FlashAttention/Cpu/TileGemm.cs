@@ -44,6 +44,8 @@ internal static unsafe class TileGemm
         }
     }
 
+    // Full optimisation from the first call: tier-0 code of these loops runs ~3x slower.
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     internal static void Run<TOps, TVec>(float* a, int lda, float* b, int ldb, float* c, int ldc, int m, int n, int k, GemmInit init, float* rowScale)
         where TOps : struct, IVectorOps<TVec> where TVec : struct
     {
@@ -99,6 +101,8 @@ internal static unsafe class TileGemm
     }
 
     /// <summary>The column remainder: 4 rows by one vector.</summary>
+    // Full optimisation from the first call: tier-0 code of these loops runs ~3x slower.
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     private static void Block4x1<TOps, TVec>(float* a, int lda, float* b, int ldb, float* c, int ldc, int k, GemmInit init, float* rowScale)
         where TOps : struct, IVectorOps<TVec> where TVec : struct
     {

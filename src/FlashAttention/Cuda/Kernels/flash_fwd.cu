@@ -1,0 +1,249 @@
+// FlashAttention-2 forward (sm_80+): one thread block per (query block, head, batch); warps split the
+// query rows (FA2's key change over FA1), so the online softmax needs no shared-memory exchange.
+//
+// Tiles: Q (BM x D) stays in shared memory; K and V blocks (BN x D) are double-buffered across the two
+// halves of each iteration: V[n] streams in while S = Q K[n]^T runs, K[n-1] while O += P V[n] runs.
+// Key blocks are visited from the last visible one down, so the blocks that need element masks
+// (the causal diagonal, the seqlen_k tail) come first and the rest run unmasked.
+//
+// Variant (set by the launcher as -D options): FA_HEAD_DIM (64, 128, 192, 256), FA_BLOCK_M, FA_BLOCK_N,
+// FA_WARPS, FA_BF16. The softmax scale must be positive (the launcher checks).
+#include "fa_ptx.cuh"
+#include "fa_params.cuh"
+#include "fa_tile.cuh"
+
+#ifndef FA_ROLL_QK
+#define FA_ROLL_QK 0
+#endif
+#ifndef FA_MIN_BLOCKS
+#define FA_MIN_BLOCKS 1
+#endif
+
+template <int D, int BM, int BN, int NW, typename E>
+__device__ __forceinline__ void flash_fwd_block(const FlashFwdParams& p) {
+    constexpr int kThreads = NW * 32;
+    constexpr int kWarpRows = BM / NW;
+    constexpr int kMTiles = kWarpRows / 16;   // m16 tiles per warp
+    constexpr int kSTiles = BN / 8;           // n8 tiles of S per m-tile
+    constexpr int kOTiles = D / 8;            // n8 tiles of O per m-tile
+    static_assert(kWarpRows % 16 == 0 && D % 64 == 0 && BN % 16 == 0, "tiling");
+
+    extern __shared__ __align__(128) unsigned char smem[];
+    const u32 sQ = smem_addr(smem), sK = sQ + BM * D * 2, sV = sK + BN * D * 2;
+
+    const int m_block = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+
+    int q_start = 0, k_start = 0, seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
+    if (p.cu_seqlens_q != nullptr) {
+        q_start = p.cu_seqlens_q[batch];
+        seqlen_q = p.cu_seqlens_q[batch + 1] - q_start;
+        k_start = p.cu_seqlens_k[batch];
+        seqlen_k = p.cu_seqlens_k[batch + 1] - k_start;
+    }
+    const int row0 = m_block * BM;
+    if (row0 >= seqlen_q) return;
+    const int head_kv = head / (p.heads_q / p.heads_kv);
+
+    const u16* q = (const u16*)p.q + batch * p.q_batch_stride + q_start * p.q_row_stride + head * p.q_head_stride;
+    const u16* k = (const u16*)p.k + batch * p.k_batch_stride + k_start * p.k_row_stride + head_kv * p.k_head_stride;
+    const u16* v = (const u16*)p.v + batch * p.v_batch_stride + k_start * p.v_row_stride + head_kv * p.v_head_stride;
+    u16* o = (u16*)p.o + batch * p.o_batch_stride + q_start * p.o_row_stride + head * p.o_head_stride;
+    float* lse = p.lse + batch * p.lse_batch_stride + head * p.lse_head_stride + q_start;
+
+    // Visible keys of this query block (bottom-right aligned diagonal: offset = seqlen_k - seqlen_q).
+    const int offset = seqlen_k - seqlen_q;
+    const int last_row = min(row0 + BM, seqlen_q) - 1;
+    int key_end = seqlen_k, key_begin = 0;
+    if (p.window_right >= 0) key_end = max(0, min(seqlen_k, last_row + offset + p.window_right + 1));
+    if (p.window_left >= 0) key_begin = max(0, row0 + offset - p.window_left);
+    const int n_block_min = key_begin / BN;
+    const int n_block_max = (key_end + BN - 1) / BN;
+
+    const int warp_row0 = warp * kWarpRows;
+
+    // Per-lane ldmatrix offsets. Every fragment row group starts at a multiple of 8 rows, so the swizzle
+    // (chunk ^ row % 8) depends only on lane % 8 and on the chunk's low bits, which cycle with period 4 in
+    // the k (or dim) step. Four per-lane offsets per operand plus compile-time constants then address every
+    // fragment: one register + immediate per ldmatrix instead of a chain of integer ops.
+    constexpr int kRowBytes = D * 2;
+    const int l8 = lane % 8;
+    u32 q_off[4], k_off[4], v_off[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        q_off[j] = sQ + (warp_row0 + lane % 16) * kRowBytes + ((((lane / 16) ^ l8) ^ (2 * j)) << 4);
+        k_off[j] = sK + ((lane / 16) * 8 + l8) * kRowBytes + (((((lane / 8) % 2) ^ l8) ^ (2 * j)) << 4);
+        v_off[j] = sV + (((lane / 8) % 2) * 8 + l8) * kRowBytes + ((((lane / 16) ^ l8) ^ (2 * j)) << 4);
+    }
+    float acc_o[kMTiles][kOTiles][4];
+    float row_max[kMTiles][2], row_sum[kMTiles][2];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+        for (int nt = 0; nt < kOTiles; ++nt) acc_o[mt][nt][0] = acc_o[mt][nt][1] = acc_o[mt][nt][2] = acc_o[mt][nt][3] = 0.f;
+        row_max[mt][0] = row_max[mt][1] = -FA_INF;
+        row_sum[mt][0] = row_sum[mt][1] = 0.f;
+    }
+
+    if (n_block_min < n_block_max) {
+        load_tile<D, BM, kThreads>(sQ, q, p.q_row_stride, row0, seqlen_q, p.head_dim, tid);
+        load_tile<D, BN, kThreads>(sK, k, p.k_row_stride, (n_block_max - 1) * BN, seqlen_k, p.head_dim, tid);
+        cp_async_commit();
+    }
+
+    for (int n_block = n_block_max - 1; n_block >= n_block_min; --n_block) {
+        float acc_s[kMTiles][kSTiles][4];
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < kSTiles; ++nt) acc_s[mt][nt][0] = acc_s[mt][nt][1] = acc_s[mt][nt][2] = acc_s[mt][nt][3] = 0.f;
+
+        cp_async_wait<0>();
+        __syncthreads();  // K[n] has landed; every warp is done reading V[n+1]
+        load_tile<D, BN, kThreads>(sV, v, p.v_row_stride, n_block * BN, seqlen_k, p.head_dim, tid);
+        cp_async_commit();
+
+        // S = Q K^T on tensor cores, 64 columns of d at a time. The four k-steps inside a chunk are unrolled,
+        // so each picks its per-lane offset statically; FA_ROLL_QK keeps the chunk loop rolled (less register
+        // pressure at large d), otherwise it is unrolled too.
+#if FA_ROLL_QK
+#pragma unroll 1
+#else
+#pragma unroll
+#endif
+        for (int chunk = 0; chunk < D / 64; ++chunk) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                u32 qa[kMTiles][4];
+#pragma unroll
+                for (int mt = 0; mt < kMTiles; ++mt)
+                    ldmatrix_x4(qa[mt], q_off[j] + mt * 16 * kRowBytes + chunk * 128);
+#pragma unroll
+                for (int np = 0; np < kSTiles / 2; ++np) {
+                    u32 kb[4];
+                    ldmatrix_x4(kb, k_off[j] + np * 16 * kRowBytes + chunk * 128);
+#pragma unroll
+                    for (int mt = 0; mt < kMTiles; ++mt) {
+                        E::mma(acc_s[mt][2 * np], qa[mt], kb);
+                        E::mma(acc_s[mt][2 * np + 1], qa[mt], kb + 2);
+                    }
+                }
+            }
+        }
+
+        // Element masks (-inf) only on blocks that cross the seqlen_k tail or a window edge; the rest of the
+        // blocks skip this pass entirely.
+        const int col0 = n_block * BN;
+        const bool need_mask = col0 + BN > seqlen_k
+            || (p.window_right >= 0 && col0 + BN - 1 > row0 + offset + p.window_right)
+            || (p.window_left >= 0 && col0 < last_row + offset - p.window_left);
+        if (need_mask) {
+#pragma unroll
+            for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const int diagonal = row0 + warp_row0 + mt * 16 + g + (i >= 2 ? 8 : 0) + offset;
+                    const int visible_end = p.window_right >= 0 ? min(seqlen_k, diagonal + p.window_right + 1) : seqlen_k;
+                    const int visible_begin = p.window_left >= 0 ? diagonal - p.window_left : 0;
+#pragma unroll
+                    for (int nt = 0; nt < kSTiles; ++nt) {
+                        const int col = col0 + nt * 8 + 2 * t + (i & 1);
+                        acc_s[mt][nt][i] = (col < visible_begin || col >= visible_end) ? -FA_INF : acc_s[mt][nt][i];
+                    }
+                }
+        }
+
+        // Online softmax on raw scores (the scale is positive, so the max commutes with it):
+        // m_new = max(m, rowmax S); P = exp2(S * scale*log2(e) - m_new * scale*log2(e)) as one FFMA + ex2;
+        // O and l are rescaled by exp2((m - m_new) * scale*log2(e)).
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                float m = row_max[mt][half];
+#pragma unroll
+                for (int nt = 0; nt < kSTiles; ++nt) m = fmaxf(m, fmaxf(acc_s[mt][nt][2 * half], acc_s[mt][nt][2 * half + 1]));
+                m = quad_max(m);
+                // A row with nothing visible so far keeps max -inf; use 0 as the base so exp2 gives 0, not NaN.
+                const float base = m == -FA_INF ? 0.f : m * p.scale_log2;
+                const float rescale = fast_exp2(row_max[mt][half] * p.scale_log2 - base);
+                row_max[mt][half] = m;
+                float sum = 0.f;
+#pragma unroll
+                for (int nt = 0; nt < kSTiles; ++nt) {
+                    float p0 = fast_exp2(fmaf(acc_s[mt][nt][2 * half], p.scale_log2, -base));
+                    float p1 = fast_exp2(fmaf(acc_s[mt][nt][2 * half + 1], p.scale_log2, -base));
+                    acc_s[mt][nt][2 * half] = p0;
+                    acc_s[mt][nt][2 * half + 1] = p1;
+                    sum += p0 + p1;
+                }
+                row_sum[mt][half] = row_sum[mt][half] * rescale + sum;  // per-thread partial; reduced over the quad at the end
+#pragma unroll
+                for (int nt = 0; nt < kOTiles; ++nt) {
+                    acc_o[mt][nt][2 * half] *= rescale;
+                    acc_o[mt][nt][2 * half + 1] *= rescale;
+                }
+            }
+
+        cp_async_wait<0>();
+        __syncthreads();  // V[n] has landed; every warp is done reading K[n]
+        if (n_block > n_block_min) {
+            load_tile<D, BN, kThreads>(sK, k, p.k_row_stride, (n_block - 1) * BN, seqlen_k, p.head_dim, tid);
+            cp_async_commit();
+        }
+
+        // O += P V: the S accumulators of two adjacent n8 tiles are exactly an A fragment, so P stays in registers.
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            u32 pa[kMTiles][4];
+#pragma unroll
+            for (int mt = 0; mt < kMTiles; ++mt) {
+                pa[mt][0] = E::pack(acc_s[mt][2 * kk][0], acc_s[mt][2 * kk][1]);
+                pa[mt][1] = E::pack(acc_s[mt][2 * kk][2], acc_s[mt][2 * kk][3]);
+                pa[mt][2] = E::pack(acc_s[mt][2 * kk + 1][0], acc_s[mt][2 * kk + 1][1]);
+                pa[mt][3] = E::pack(acc_s[mt][2 * kk + 1][2], acc_s[mt][2 * kk + 1][3]);
+            }
+#pragma unroll
+            for (int dp = 0; dp < kOTiles / 2; ++dp) {
+                u32 vb[4];
+                ldmatrix_x4_trans(vb, v_off[dp & 3] + kk * 16 * kRowBytes + (dp >> 2) * 128);
+#pragma unroll
+                for (int mt = 0; mt < kMTiles; ++mt) {
+                    E::mma(acc_o[mt][2 * dp], pa[mt], vb);
+                    E::mma(acc_o[mt][2 * dp + 1], pa[mt], vb + 2);
+                }
+            }
+        }
+    }
+
+    // Epilogue: O / l and LSE = scale * max + ln(l). A row that saw no key writes O = 0 and LSE = +inf.
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int row = row0 + warp_row0 + mt * 16 + g + 8 * half;
+            const float sum = quad_sum(row_sum[mt][half]);
+            const bool empty = !(sum > 0.f);
+            const float inv = empty ? 0.f : 1.f / sum;
+            if (row < seqlen_q) {
+                u16* out_row = o + (long long)row * p.o_row_stride;
+#pragma unroll
+                for (int nt = 0; nt < kOTiles; ++nt) {
+                    int col = nt * 8 + 2 * t;
+                    if (col < p.head_dim)
+                        *(u32*)(out_row + col) = E::pack(acc_o[mt][nt][2 * half] * inv, acc_o[mt][nt][2 * half + 1] * inv);
+                }
+                if (t == 0) lse[row] = empty ? FA_INF : row_max[mt][half] * p.scale + __logf(sum);
+            }
+        }
+}
+
+#if FA_BF16
+typedef Bf16 FaElement;
+#else
+typedef Fp16 FaElement;
+#endif
+
+extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, FA_MIN_BLOCKS) flash_fwd_kernel(const FlashFwdParams p) {
+    flash_fwd_block<FA_HEAD_DIM, FA_BLOCK_M, FA_BLOCK_N, FA_WARPS, FaElement>(p);
+}
