@@ -15,7 +15,7 @@ public sealed record AttentionOptions
     /// j &lt;= i + seqlen_k - seqlen_q. Equivalent to <see cref="WindowRight"/> = 0.</summary>
     public bool Causal { get; init; }
 
-    /// <summary>Multiplier of QK^T before softmax (<c>softmax_scale</c>); null means 1/sqrt(headdim).</summary>
+    /// <summary>Multiplier of QK^T before softmax (<c>softmax_scale</c>), positive; null means 1/sqrt(headdim).</summary>
     public float? SoftmaxScale { get; init; }
 
     /// <summary>Dropout probability in [0, 1) (<c>dropout_p</c>).</summary>

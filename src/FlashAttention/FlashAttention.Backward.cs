@@ -6,7 +6,7 @@ namespace FlashAttn;
 public static unsafe partial class FlashAttention
 {
     /// <summary>
-    /// Gradients of <see cref="Forward{T}"/> (flash-attn's <c>_flash_attn_backward</c>): recomputes the attention
+    /// Gradients of <see cref="Forward{T}(System.Numerics.Tensors.ReadOnlyTensorSpan{T}, System.Numerics.Tensors.ReadOnlyTensorSpan{T}, System.Numerics.Tensors.ReadOnlyTensorSpan{T}, AttentionOptions?, CancellationToken)"/> (flash-attn's <c>_flash_attn_backward</c>): recomputes the attention
     /// probabilities block by block from q, k and the saved log-sum-exp, so memory stays linear in sequence length.
     /// </summary>
     /// <param name="dOut">Gradient of the output, shaped like q.</param>

@@ -67,7 +67,7 @@ internal static class ShapeValidator
         nint[] expected = shape.IsVarlen ? [shape.HeadsQ, shape.TotalQ] : [shape.Batch, shape.HeadsQ, shape.MaxSeqlenQ];
         if (!logSumExp.Lengths.AsSpan().SequenceEqual(expected))
             throw Fail(logSumExp.Name, $"must have shape ({string.Join(", ", expected)}) as forward returned it; got {logSumExp.ShapeText}.");
-        if (logSumExp.Strides[^1] != 1 && expected[^1] > 1)
+        if (logSumExp.Strides[^1] != 1 && expected[^1] > 1 && !IsEmpty(logSumExp))
             throw Fail(logSumExp.Name, "its last dimension must be contiguous (stride 1).");
     }
 
@@ -82,8 +82,8 @@ internal static class ShapeValidator
         ArgumentNullException.ThrowIfNull(options);
         if (!(options.DropoutProbability >= 0f && options.DropoutProbability < 1f))
             throw Fail("options.DropoutProbability", $"must be in [0, 1); got {options.DropoutProbability}.");
-        if (options.SoftmaxScale is { } scale && !float.IsFinite(scale))
-            throw Fail("options.SoftmaxScale", $"must be finite; got {scale}. Leave it null for 1/sqrt(headdim).");
+        if (options.SoftmaxScale is { } scale && !(float.IsFinite(scale) && scale > 0f))
+            throw Fail("options.SoftmaxScale", $"must be positive and finite; got {scale}. Leave it null for 1/sqrt(headdim).");
         if (!(float.IsFinite(options.Softcap) && options.Softcap >= 0f))
             throw Fail("options.Softcap", $"must be 0 (off) or a positive finite cap; got {options.Softcap}.");
         if (options.WindowLeft < -1)
@@ -155,9 +155,12 @@ internal static class ShapeValidator
             throw Fail(name, $"has shape {actual.ShapeText} but must match {mustMatch ?? expected.Name}'s shape {expected.ShapeText}.");
     }
 
+    /// <summary>System.Numerics.Tensors gives every stride of an empty tensor the value 0; there is nothing to lay out.</summary>
+    private static bool IsEmpty(TensorArg t) => t.Lengths.Contains(0);
+
     private static void LastDimContiguous(TensorArg t)
     {
-        if (t.Lengths[^1] > 1 && t.Strides[^1] != 1)
+        if (t.Lengths[^1] > 1 && t.Strides[^1] != 1 && !IsEmpty(t))
             throw Fail(t.Name, $"the last dimension (headdim) must be contiguous (stride 1); got stride {t.Strides[^1]}. Copy it to a dense tensor first.");
     }
 

@@ -1,0 +1,71 @@
+using System.Text.Json.Serialization;
+
+namespace FlashAttn.Cli.Bench;
+
+/// <summary>
+/// One result row in DESIGN.md's results format (snake_case keys: impl, op, mode, dtype, batch, seqlen_q, seqlen_k,
+/// heads, heads_kv, headdim, causal, ms, tflops, device, run), plus gflops, fma_peak_gflops (the same run's measured
+/// fp32 FMA peak), runs (timed runs behind the median) and vector (the CPU path's instruction width).
+/// </summary>
+internal sealed record BenchRow
+{
+    public required string Impl { get; init; }
+    public string Op { get; init; } = "attention";
+    public required string Mode { get; init; }
+    public required string Dtype { get; init; }
+    public required int Batch { get; init; }
+    public required int SeqlenQ { get; init; }
+    public required int SeqlenK { get; init; }
+    public required int Heads { get; init; }
+    public required int HeadsKv { get; init; }
+    public required int Headdim { get; init; }
+    public required bool Causal { get; init; }
+    public required double Ms { get; init; }
+    public required double Tflops { get; init; }
+    public required string Device { get; init; }
+    public required string Run { get; init; }
+    public required double Gflops { get; init; }
+    public required double FmaPeakGflops { get; init; }
+    public required int Runs { get; init; }
+    public required string Vector { get; init; }
+
+    [JsonIgnore]
+    public double PercentOfPeak => FmaPeakGflops > 0 ? 100 * Gflops / FmaPeakGflops : double.NaN;
+
+    /// <summary>Rows that measure the same thing with different implementations share this key.</summary>
+    [JsonIgnore]
+    public (string Mode, string Dtype, int Batch, int Seqlen, int Heads, int Headdim, bool Causal) Shape =>
+        (Mode, Dtype, Batch, SeqlenQ, Heads, Headdim, Causal);
+
+    public static BenchRow From(string impl, BenchCase c, double ms, int runs, DeviceInfo device, string run, double peakGflops, string vector)
+    {
+        double gflops = c.Flops / (ms * 1e-3) / 1e9;
+        return new BenchRow
+        {
+            Impl = impl,
+            Mode = c.Mode,
+            Dtype = c.DType.Name(),
+            Batch = c.Batch,
+            SeqlenQ = c.Seqlen,
+            SeqlenK = c.Seqlen,
+            Heads = c.Heads,
+            HeadsKv = c.Heads,
+            Headdim = c.HeadDim,
+            Causal = c.Causal,
+            Ms = Significant(ms),
+            Tflops = Significant(gflops / 1000),
+            Device = device.Name,
+            Run = run,
+            Gflops = Significant(gflops),
+            FmaPeakGflops = Significant(peakGflops),
+            Runs = runs,
+            Vector = vector,
+        };
+    }
+
+    private static double Significant(double x) => x == 0 || !double.IsFinite(x) ? x : Math.Round(x, Math.Max(0, 4 - (int)Math.Floor(Math.Log10(Math.Abs(x))) - 1));
+}
+
+[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower)]
+[JsonSerializable(typeof(BenchRow))]
+internal sealed partial class BenchJson : JsonSerializerContext;

@@ -1,0 +1,82 @@
+using Spectre.Console;
+
+namespace FlashAttn.Cli.Bench;
+
+/// <summary>
+/// One `flash-attn bench` invocation: measure the FMA peak, time every row (ours, then naive where the seqlen allows)
+/// under a progress display, print the table, then write the results JSON and the plot. Nothing is written when the
+/// run is cancelled, so the results file only ever holds complete runs.
+/// </summary>
+internal static class BenchRun
+{
+    /// <summary>Share of the CPU used by other processes before the run above which a warning is printed.</summary>
+    private const double MaxBusy = 0.2;
+
+    /// <summary>Relative change of the FMA peak between the start and the end of the run above which a warning is printed.</summary>
+    private const double MaxPeakDrift = 0.1;
+
+    public static int Execute(BenchSettings settings, CancellationToken ct)
+    {
+        var runStart = DateTime.UtcNow;
+        string run = ResultsFile.FormatRun(runStart);
+        var path = ExecutionPaths.Available.FirstOrDefault(p => p.Name != "cpu");
+        if (path is null)
+        {
+            path = ExecutionPaths.Available.Single(p => p.Name == "cpu");
+            AnsiConsole.MarkupLine($"No CUDA GPU: running the CPU path ({Markup.Escape(path.Description)})");
+        }
+        var device = DeviceInfo.Cpu();
+        if (DeviceInfo.BusyFraction(TimeSpan.FromMilliseconds(300)) is { } busy && busy > MaxBusy)
+            AnsiConsole.MarkupLine($"[yellow]warning:[/] other processes are using {busy:P0} of the CPU; timings will be noisy.");
+        string vector = Cpu.TileGemm.WidthName;
+
+        var peakTrial = TimeSpan.FromSeconds(settings.Quick ? 0.1 : 0.4);
+        var peak = FmaPeak.Measure(peakTrial);
+        AnsiConsole.MarkupLine($"fp32 FMA peak: [bold]{peak.Gflops:0.0} GFLOP/s[/] ({peak.Width}, 12 accumulators, {peak.Threads} threads); device {Markup.Escape(device.Slug)}");
+
+        var cases = settings.Cases().ToList();
+        var work = cases.SelectMany(c => c.Seqlen <= settings.NaiveMaxSeqlen ? new[] { ("ours", c), ("naive", c) } : [("ours", c)]).ToList();
+        var rows = new List<BenchRow>();
+        AnsiConsole.Progress()
+            .AutoClear(false)
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new SpinnerColumn())
+            .Start(ctx =>
+            {
+                var task = ctx.AddTask("benchmark", maxValue: work.Sum(w => Weight(w.Item1, w.Item2)));
+                foreach (var (impl, c) in work)
+                {
+                    ct.ThrowIfCancellationRequested();
+                    task.Description = $"{impl} {c.Label}";
+                    var action = impl == "ours" ? Workloads.Ours(path, c, ct) : Workloads.Naive(c, ct);
+                    var (ms, runs) = BenchTimer.Measure(action, settings.Repeats, ct);
+                    rows.Add(BenchRow.From(impl, c, ms, runs, device, run, peak.Gflops, vector));
+                    task.Increment(Weight(impl, c));
+                    GC.Collect();
+                }
+                task.Description = "done";
+            });
+
+        // Shared or throttled machines change speed; a second measurement shows whether this run is trustworthy.
+        var peakAfter = FmaPeak.Measure(peakTrial);
+        double drift = Math.Abs(peakAfter.Gflops - peak.Gflops) / Math.Max(peak.Gflops, peakAfter.Gflops);
+        AnsiConsole.MarkupLine($"fp32 FMA peak after the run: {peakAfter.Gflops:0.0} GFLOP/s" +
+            (drift > MaxPeakDrift ? $" [yellow]({drift:P0} off the first measurement: the machine's speed changed during the run, so expect noisy rows)[/]" : ""));
+
+        AnsiConsole.Write(BenchTable.Build(rows));
+        if (settings.OutputDirectory is { } directory)
+        {
+            var saved = ResultsFile.Save(directory, device.Slug, rows);
+            AnsiConsole.MarkupLine($"Results: {Markup.Escape(saved.Path)}" + (saved.HistoryPath is { } h ? $" (previous file moved to {Markup.Escape(h)})" : ""));
+        }
+        string? plotPath = settings.PlotPath ?? (settings.OutputDirectory is { } d ? Path.Combine(d, device.Slug + ".png") : null);
+        if (plotPath is not null)
+        {
+            Plotter.Save(rows, plotPath, $"{device.Name}, {vector}, b{settings.Batch} h{settings.Heads}", peak.Gflops);
+            AnsiConsole.MarkupLine($"Plot: {Markup.Escape(plotPath)}");
+        }
+        return 0;
+    }
+
+    /// <summary>Progress weight: the expected time, roughly FLOPs (naive is slower and never skips masked work).</summary>
+    private static double Weight(string impl, BenchCase c) => c.Flops * (impl == "naive" ? (c.Causal ? 8 : 4) : 1) / 1e9;
+}

@@ -1,0 +1,23 @@
+using System.CommandLine;
+using FlashAttn.Cli.Commands;
+using Spectre.Console;
+
+namespace FlashAttn.Cli;
+
+/// <summary>The `flash-attn` command tree.</summary>
+internal static class CliApp
+{
+    /// <summary>Width of tables when output goes to a file or CI log (no terminal to measure).</summary>
+    private const int RedirectedWidth = 160;
+
+    public static RootCommand Build()
+    {
+        if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = RedirectedWidth;
+        return new RootCommand("flash-attn: checks and benchmarks for FlashAttention.NET")
+        {
+            CheckCommand.Create(),
+            BenchCommand.Create(),
+            PlotCommand.Create(),
+        };
+    }
+}

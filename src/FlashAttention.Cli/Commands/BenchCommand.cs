@@ -1,0 +1,73 @@
+using System.CommandLine;
+using FlashAttn.Cli.Bench;
+
+namespace FlashAttn.Cli.Commands;
+
+/// <summary>`flash-attn bench`: the options and how they become <see cref="BenchSettings"/>; the run itself is <see cref="BenchRun"/>.</summary>
+internal static class BenchCommand
+{
+    public static Command Create()
+    {
+        var dtype = List("--dtype", "Element types: fp32, fp16, bf16; several allowed (default fp32).");
+        var seqlens = List("--seqlens", "Sequence lengths, e.g. 512,1024 (default 512 1024 2048, plus 4096 for head dim 64).");
+        var headdims = List("--headdims", "Head dims, e.g. 64,128 (default 64 128).");
+        var batch = new Option<int?>("--batch") { Description = "Batch size (default 1)." };
+        var heads = new Option<int?>("--heads") { Description = "Heads; heads_kv = heads (default 8)." };
+        var causal = new Option<string?>("--causal") { Description = "Causal mask: both, on or off (default both)." };
+        causal.AcceptOnlyFromAmong("both", "on", "off");
+        var modes = List("--modes", "Modes: fwd, bwd, fwdbwd (default fwd fwdbwd).");
+        var repeats = new Option<int?>("--repeats") { Description = "Timed runs per row after a 0.5 s warm-up; the median is reported (default 5; at most 3 when one run takes over 2 s)." };
+        var naiveMax = new Option<int?>("--naive-max-seqlen") { HelpName = "seqlen", Description = "Also time the unfused naive baseline up to this seqlen; 0 disables (default 2048)." };
+        var quick = new Option<bool>("--quick") { Description = "Smoke test: one small shape (b1 h4 s256 d64, non-causal), 3 repeats; results are written only with --out." };
+        var output = new Option<string?>("--out") { Description = "Results folder (default bench/results)." };
+        var plot = new Option<string?>("--plot") { Description = "PNG plot path (default <out>/<device>.png)." };
+
+        var command = new Command("bench", "Benchmark the attention paths over a sweep of shapes; write results JSON and a PNG plot.")
+        {
+            dtype, seqlens, headdims, batch, heads, causal, modes, repeats, naiveMax, quick, output, plot,
+        };
+        command.SetGuardedAction((parseResult, ct) =>
+        {
+            bool isQuick = parseResult.GetValue(quick);
+            string[]? Tokens(Option<string[]> option) => parseResult.GetValue(option) is { Length: > 0 } t ? t : null;
+
+            var types = Tokens(dtype) is { } d ? BenchSettings.ParseNames(d, "--dtype", ElementTypes.Names).Select(ElementTypes.Parse).ToList() : [ElementType.Fp32];
+            int[]? dims = Tokens(headdims) is { } h ? BenchSettings.ParseInts(h, "--headdims", 1, 256) : null;
+            int[]? lengths = Tokens(seqlens) is { } s ? BenchSettings.ParseInts(s, "--seqlens", 1, 1 << 20) : null;
+            IReadOnlyList<(int, IReadOnlyList<int>)> shapes = (dims, lengths, isQuick) switch
+            {
+                (null, null, false) => [.. BenchSettings.DefaultShapes.Select(x => (x.HeadDim, (IReadOnlyList<int>)x.Seqlens))],
+                _ => [.. (dims ?? (isQuick ? [BenchSettings.QuickHeadDim] : BenchSettings.DefaultShapes.Select(x => x.HeadDim).ToArray()))
+                    .Select(hd => (hd, (IReadOnlyList<int>)(lengths ?? (isQuick ? [BenchSettings.QuickSeqlen] : DefaultSeqlens(hd)))))],
+            };
+            string causalChoice = parseResult.GetValue(causal) ?? (isQuick ? "off" : "both");
+            string? outDir = parseResult.GetValue(output) ?? (isQuick ? null : Path.Combine("bench", "results"));
+
+            var settings = new BenchSettings
+            {
+                DTypes = types,
+                Shapes = shapes,
+                Batch = Positive(parseResult.GetValue(batch) ?? 1, "--batch"),
+                Heads = Positive(parseResult.GetValue(heads) ?? (isQuick ? BenchSettings.QuickHeads : 8), "--heads"),
+                Causal = causalChoice switch { "on" => [true], "off" => [false], _ => [false, true] },
+                Modes = Tokens(modes) is { } m ? BenchSettings.ParseNames(m, "--modes", BenchCase.Modes) : ["fwd", "fwdbwd"],
+                Repeats = Positive(parseResult.GetValue(repeats) ?? (isQuick ? BenchSettings.QuickRepeats : 5), "--repeats"),
+                NaiveMaxSeqlen = parseResult.GetValue(naiveMax) ?? 2048,
+                OutputDirectory = outDir,
+                PlotPath = parseResult.GetValue(plot),
+                Quick = isQuick,
+            };
+            return BenchRun.Execute(settings, ct);
+        });
+        return command;
+    }
+
+    private static int[] DefaultSeqlens(int headDim) =>
+        BenchSettings.DefaultShapes.FirstOrDefault(x => x.HeadDim == headDim).Seqlens ?? [512, 1024, 2048];
+
+    private static Option<string[]> List(string name, string description) =>
+        new(name) { Description = description, AllowMultipleArgumentsPerToken = true };
+
+    private static int Positive(int value, string option) =>
+        value >= 1 ? value : throw new CliException($"{option} must be at least 1; got {value}.");
+}

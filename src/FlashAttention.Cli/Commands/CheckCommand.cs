@@ -1,0 +1,78 @@
+using System.CommandLine;
+using FlashAttn.Cli.Check;
+using Spectre.Console;
+
+namespace FlashAttn.Cli.Commands;
+
+/// <summary>`flash-attn check`: every feature at every element type, forward and backward, on every available
+/// execution path, against a float64 oracle. Exit code 1 when anything fails.</summary>
+internal static class CheckCommand
+{
+    public static Command Create()
+    {
+        var seed = new Option<int?>("--seed") { Description = "Seed of the random inputs (default: a fresh one, printed so a failure can be replayed)." };
+        var dtype = new Option<string[]>("--dtype")
+        {
+            Description = "Element types to check: fp32, fp16, bf16 (default: all).",
+            AllowMultipleArgumentsPerToken = true,
+        };
+        dtype.AcceptOnlyFromAmong(ElementTypes.Names);
+        var command = new Command("check", "Self-check every available execution path against a float64 reference.") { seed, dtype };
+        command.SetGuardedAction((parseResult, ct) =>
+        {
+            int actualSeed = parseResult.GetValue(seed) ?? Random.Shared.Next();
+            var types = parseResult.GetValue(dtype) is { Length: > 0 } names ? names.Select(ElementTypes.Parse).ToHashSet() : null;
+            return Run(actualSeed, types, ct);
+        });
+        return command;
+    }
+
+    private static int Run(int seed, HashSet<ElementType>? types, CancellationToken ct)
+    {
+        foreach (var (name, reason) in ExecutionPaths.Unavailable)
+            AnsiConsole.MarkupLine($"[yellow]note:[/] {Markup.Escape(reason)}; skipping the '{name}' path.");
+        foreach (var path in ExecutionPaths.Available)
+            AnsiConsole.MarkupLine($"Checking the [bold]{path.Name}[/] path ({Markup.Escape(path.Description)}), seed {seed}.");
+
+        var rng = new Random(seed);
+        var cases = CheckCases.All(rng).Where(c => types is null || types.Contains(c.DType)).ToList();
+        var results = new List<CheckResult>();
+        foreach (var path in ExecutionPaths.Available)
+            foreach (var c in cases)
+            {
+                ct.ThrowIfCancellationRequested();
+                results.AddRange(CheckRunner.Run(path, c, rng, ct));
+            }
+
+        AnsiConsole.Write(Table(results));
+        int failed = results.Count(r => !r.Passed);
+        AnsiConsole.MarkupLine(failed == 0
+            ? $"[green]All {results.Count} checks passed.[/]"
+            : $"[red]{failed} of {results.Count} checks failed[/] (seed {seed}; rerun with --seed {seed}).");
+        foreach (var r in results.Where(r => !r.Passed && r.Error is null))
+            foreach (var t in r.Tensors.Where(t => !t.Passed))
+                AnsiConsole.MarkupLine($"  {r.Case.DType.Name()} {Markup.Escape(r.Case.Feature)} {r.Direction} {t.Tensor}: max error {t.MaxError:G3} at flat index {t.WorstIndex}, " +
+                    $"mean error {t.MeanError:G3}, tolerance {t.Tolerance:G3} (naive error {t.NaiveError:G3}, max |ref| {t.MaxReference:G3})");
+        return failed == 0 ? 0 : GuardedAction.Failure;
+    }
+
+    private static Table Table(IEnumerable<CheckResult> results)
+    {
+        var table = new Table().Border(TableBorder.Rounded)
+            .AddColumns("Type", "Case", "Shape", "Dir", "Path", "Worst")
+            .AddColumn(new TableColumn("Max error").RightAligned())
+            .AddColumn(new TableColumn("Tolerance").RightAligned())
+            .AddColumn("Result");
+        foreach (var r in results)
+        {
+            var worst = r.Worst;
+            table.AddRow(
+                r.Case.DType.Name(), Markup.Escape(r.Case.Feature), r.Case.ShapeText, r.Direction, r.Path,
+                worst?.Tensor ?? "-",
+                worst is null ? "-" : $"{worst.MaxError:0.00e+00}",
+                worst is null ? "-" : $"{worst.Tolerance:0.00e+00}",
+                r.Passed ? "[green]PASS[/]" : r.Error is null ? "[red]FAIL[/]" : $"[red]FAIL[/] {Markup.Escape(r.Error)}");
+        }
+        return table;
+    }
+}

@@ -1,0 +1,53 @@
+using System.Numerics.Tensors;
+
+namespace FlashAttn.Cli;
+
+/// <summary>One way of running attention that `check` verifies and `bench` times.</summary>
+internal interface IExecutionPath
+{
+    /// <summary>Short name for tables and results ("cpu", later "cuda").</summary>
+    string Name { get; }
+
+    /// <summary>What the path runs on, for the header lines (e.g. "Vector512, 16 threads").</summary>
+    string Description { get; }
+
+    AttentionResult<T> Forward<T>(Tensor<T> q, Tensor<T> k, Tensor<T> v, AttentionOptions options, CancellationToken ct) where T : unmanaged;
+
+    /// <summary>Forward into preallocated tensors, so timing leaves out allocation.</summary>
+    void ForwardInto<T>(Tensor<T> q, Tensor<T> k, Tensor<T> v, Tensor<T> output, Tensor<float> logSumExp, AttentionOptions options,
+        CancellationToken ct) where T : unmanaged;
+
+    AttentionGradients<T> Backward<T>(Tensor<T> dOut, Tensor<T> q, Tensor<T> k, Tensor<T> v, Tensor<T> output, Tensor<float> logSumExp,
+        AttentionOptions options, DropoutState? dropoutState, CancellationToken ct) where T : unmanaged;
+}
+
+/// <summary>The CPU path: the library's tiled FlashAttention-2 over host tensors.</summary>
+internal sealed class CpuPath : IExecutionPath
+{
+    public string Name => "cpu";
+
+    public string Description => $"{Cpu.TileGemm.WidthName}, {Environment.ProcessorCount} threads";
+
+    public AttentionResult<T> Forward<T>(Tensor<T> q, Tensor<T> k, Tensor<T> v, AttentionOptions options, CancellationToken ct) where T : unmanaged =>
+        FlashAttention.Forward<T>(q, k, v, options, ct);
+
+    public void ForwardInto<T>(Tensor<T> q, Tensor<T> k, Tensor<T> v, Tensor<T> output, Tensor<float> logSumExp, AttentionOptions options,
+        CancellationToken ct) where T : unmanaged =>
+        FlashAttention.ForwardInto<T>(q, k, v, output, logSumExp, options, ct);
+
+    public AttentionGradients<T> Backward<T>(Tensor<T> dOut, Tensor<T> q, Tensor<T> k, Tensor<T> v, Tensor<T> output, Tensor<float> logSumExp,
+        AttentionOptions options, DropoutState? dropoutState, CancellationToken ct) where T : unmanaged =>
+        FlashAttention.Backward<T>(dOut, q, k, v, output, logSumExp, options, dropoutState, ct);
+}
+
+/// <summary>The execution paths of this build and machine. CUDA joins the list when the library gains it.</summary>
+internal static class ExecutionPaths
+{
+    public static IReadOnlyList<IExecutionPath> Available { get; } = [new CpuPath()];
+
+    /// <summary>Paths that this build or machine cannot run, with the reason, for the notes that commands print.</summary>
+    public static IReadOnlyList<(string Name, string Reason)> Unavailable { get; } =
+        [("cuda", "no CUDA GPU path: this build of FlashAttention.NET has no CUDA execution path yet")];
+
+    public static bool HasGpu => Available.Any(p => p.Name != "cpu");
+}

@@ -1,0 +1,3 @@
+using FlashAttn.Cli;
+
+return await CliApp.Build().Parse(args).InvokeAsync();

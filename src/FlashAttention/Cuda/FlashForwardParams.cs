@@ -1,0 +1,29 @@
+using System.Runtime.InteropServices;
+
+namespace FlashAttn.Cuda;
+
+/// <summary>Mirror of <c>FlashFwdParams</c> in Kernels/fa_params.cuh, field for field (8-byte fields first).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct FlashForwardParams
+{
+    public nint Q, K, V, O, Lse, CuSeqlensQ, CuSeqlensK;
+    public long QBatchStride, QRowStride, QHeadStride;
+    public long KBatchStride, KRowStride, KHeadStride;
+    public long VBatchStride, VRowStride, VHeadStride;
+    public long OBatchStride, ORowStride, OHeadStride;
+    public long LseBatchStride, LseHeadStride;
+    public int Batch, HeadsQ, HeadsKv, HeadDim;
+    public int SeqlenQ, SeqlenK;
+    public int WindowLeft, WindowRight;
+    public float ScaleLog2, Scale;
+}
+
+/// <summary>Mirror of <c>CopyHeadsParams</c> in Kernels/copy_heads.cu.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct CopyHeadsParams
+{
+    public nint Source, Destination;
+    public long SourceBatchStride, SourceRowStride, SourceHeadStride;
+    public long DestinationBatchStride, DestinationRowStride, DestinationHeadStride;
+    public int Batch, Rows, Heads, SourceDim, DestinationDim;
+}

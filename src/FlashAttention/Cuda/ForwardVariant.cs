@@ -1,0 +1,44 @@
+using System.Globalization;
+
+namespace FlashAttn.Cuda;
+
+/// <summary>
+/// One compiled specialisation of the FlashAttention-2 forward kernel. The tiling of every head-dim bucket is
+/// derived here and nowhere else; each choice is the best of a measured sweep on the H100 (bench/NOTES.md).
+/// </summary>
+/// <param name="HeadDimBucket">64, 128, 192 or 256: head dims are zero-padded up to the bucket in shared memory.</param>
+/// <param name="BFloat16">bf16 (true) or fp16 (false) inputs.</param>
+/// <param name="BlockM">Query rows per thread block.</param>
+/// <param name="BlockN">Keys per iteration.</param>
+/// <param name="Warps">Warps per thread block; each owns BlockM / Warps query rows.</param>
+/// <param name="RollQk">Keep QK^T's 64-column chunk loop rolled (fewer registers at large head dims).</param>
+internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int BlockM, int BlockN, int Warps, bool RollQk)
+{
+    public const string KernelName = "flash_fwd_kernel";
+
+    public static ForwardVariant For(int headDim, bool bfloat16) => BucketOf(headDim) switch
+    {
+        64 => new(64, bfloat16, BlockM: 128, BlockN: 64, Warps: 4, RollQk: false),
+        128 => new(128, bfloat16, BlockM: 128, BlockN: 64, Warps: 4, RollQk: false),
+        192 => new(192, bfloat16, BlockM: 128, BlockN: 64, Warps: 8, RollQk: true),
+        _ => new(256, bfloat16, BlockM: 128, BlockN: 64, Warps: 8, RollQk: false),
+    };
+
+    public static int BucketOf(int headDim) => headDim <= 64 ? 64 : headDim <= 128 ? 128 : headDim <= 192 ? 192 : 256;
+
+    /// <summary>flash-attn style name, e.g. flash_fwd_hdim128_bf16.</summary>
+    public string Name => $"flash_fwd_hdim{HeadDimBucket}_{(BFloat16 ? "bf16" : "fp16")}";
+
+    /// <summary>Q, K and V tiles in 16-bit elements.</summary>
+    public int SharedMemoryBytes => (BlockM + 2 * BlockN) * HeadDimBucket * 2;
+
+    public int Threads => Warps * 32;
+
+    public IReadOnlyList<string> CompilerDefines =>
+    [
+        Define("FA_HEAD_DIM", HeadDimBucket), Define("FA_BLOCK_M", BlockM), Define("FA_BLOCK_N", BlockN),
+        Define("FA_WARPS", Warps), Define("FA_BF16", BFloat16 ? 1 : 0), Define("FA_ROLL_QK", RollQk ? 1 : 0),
+    ];
+
+    private static string Define(string name, int value) => "-D" + name + "=" + value.ToString(CultureInfo.InvariantCulture);
+}

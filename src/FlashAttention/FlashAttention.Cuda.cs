@@ -1,0 +1,91 @@
+using FlashAttn.Cuda;
+using FlashAttn.Validation;
+
+namespace FlashAttn;
+
+public static partial class FlashAttention
+{
+    /// <summary>
+    /// Attention over separate q, k, v in GPU memory (flash-attn's <c>flash_attn_func</c>), on the FlashAttention-2
+    /// CUDA kernels. Launches asynchronously on <paramref name="stream"/> (default: the legacy default stream,
+    /// the one libtorch uses unless told otherwise).
+    /// </summary>
+    /// <param name="q">(batch, seqlen_q, heads_q, headdim), System.Half or BFloat16, headdim 1..256 and contiguous.</param>
+    /// <param name="k">(batch, seqlen_k, heads_kv, headdim); heads_kv divides heads_q.</param>
+    /// <param name="v">Same shape as k.</param>
+    /// <param name="options">Causal, scale and window are supported on the GPU; dropout, softcap, ALiBi and
+    /// returned probabilities are CPU-only for now and throw <see cref="NotSupportedException"/>.</param>
+    /// <param name="stream">The stream to launch on; null for the legacy default stream.</param>
+    public static CudaAttentionResult<T> Forward<T>(CudaTensor<T> q, CudaTensor<T> k, CudaTensor<T> v, AttentionOptions? options = null,
+        CudaStream? stream = null) where T : unmanaged
+    {
+        options ??= AttentionOptions.Default;
+        var (shape, qa) = ValidateCuda(q, k, v, options);
+        var output = CudaTensor<T>.Allocate(qa.Lengths);
+        CudaTensor<float>? lse = null;
+        try
+        {
+            lse = CudaTensor<float>.Allocate(LseLengths(shape));
+            RunCudaForward(shape, options, q, k, v, output, lse, stream);
+            return new CudaAttentionResult<T>(output, lse, null);
+        }
+        catch
+        {
+            output.Dispose();
+            lse?.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// <see cref="Forward{T}(CudaTensor{T}, CudaTensor{T}, CudaTensor{T}, AttentionOptions?, CudaStream?)"/> into caller-owned
+    /// device tensors (flash-attn's <c>out=</c>); nothing is written when validation fails.
+    /// </summary>
+    /// <param name="q">(batch, seqlen_q, heads_q, headdim).</param>
+    /// <param name="k">(batch, seqlen_k, heads_kv, headdim).</param>
+    /// <param name="v">Same shape as k.</param>
+    /// <param name="output">Receives O, shaped like q (any strides with headdim contiguous).</param>
+    /// <param name="logSumExp">Receives the fp32 log-sum-exp, (batch, heads_q, seqlen_q), last dimension contiguous.</param>
+    /// <param name="options">Attention options (see Forward).</param>
+    /// <param name="stream">The stream to launch on; null for the legacy default stream.</param>
+    public static void ForwardInto<T>(CudaTensor<T> q, CudaTensor<T> k, CudaTensor<T> v, CudaTensor<T> output, CudaTensor<float> logSumExp,
+        AttentionOptions? options = null, CudaStream? stream = null) where T : unmanaged
+    {
+        options ??= AttentionOptions.Default;
+        var (shape, qa) = ValidateCuda(q, k, v, options);
+        ArgumentNullException.ThrowIfNull(output);
+        ArgumentNullException.ThrowIfNull(logSumExp);
+        ShapeValidator.Backward(shape, qa, Describe(output, nameof(output)), Describe(output, nameof(output)), Describe(logSumExp, nameof(logSumExp)));
+        RunCudaForward(shape, options, q, k, v, output, logSumExp, stream);
+    }
+
+    private static (ProblemShape Shape, TensorArg Q) ValidateCuda<T>(CudaTensor<T> q, CudaTensor<T> k, CudaTensor<T> v, AttentionOptions options)
+        where T : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(q);
+        ArgumentNullException.ThrowIfNull(k);
+        ArgumentNullException.ThrowIfNull(v);
+        if (typeof(T) != typeof(Half) && typeof(T) != typeof(BFloat16))
+            throw new ArgumentException($"element type {typeof(T).Name} is not supported by the CUDA kernels; use System.Half or FlashAttn.BFloat16 (float runs on the CPU path).", nameof(q));
+        TensorArg qa = Describe(q, nameof(q)), ka = Describe(k, nameof(k)), va = Describe(v, nameof(v));
+        var shape = ShapeValidator.Fixed(qa, ka, va, options, typeof(T));
+        if (options.DropoutProbability > 0f || options.Softcap > 0f || options.AlibiSlopes is not null || options.ReturnProbabilities)
+            throw new NotSupportedException("Dropout, softcap, ALiBi and ReturnProbabilities are not in the CUDA forward kernel yet; use host tensors (the CPU path) for them.");
+        return (shape, qa);
+    }
+
+    private static void RunCudaForward<T>(ProblemShape shape, AttentionOptions options, CudaTensor<T> q, CudaTensor<T> k, CudaTensor<T> v,
+        CudaTensor<T> output, CudaTensor<float> lse, CudaStream? stream) where T : unmanaged
+    {
+        var device = CudaDevice.Default;
+        device.MakeCurrent();
+        var settings = AttentionSettings.Resolve(options, shape, null);
+        var lseStrides = lse.Strides;
+        var lseOperand = new DeviceOperand(lse.DevicePointer, lseStrides[0], 1, lseStrides[1]);
+        CudaForward.Run<T>(device, shape, settings, DeviceOperand.Of(q), DeviceOperand.Of(k), DeviceOperand.Of(v), DeviceOperand.Of(output),
+            lseOperand, stream ?? CudaStream.Legacy);
+    }
+
+    private static TensorArg Describe<T>(CudaTensor<T> tensor, string name) where T : unmanaged =>
+        new(name, tensor.Lengths.ToArray(), tensor.Strides.ToArray());
+}

@@ -1,0 +1,81 @@
+using FlashAttn.Reference;
+
+namespace FlashAttn.Tests.Infrastructure;
+
+/// <summary>
+/// Runs the library on random inputs and checks it against the float64 reference with the tolerance rule,
+/// the naive baseline being the same reference run in fp32 on the rounded inputs with outputs rounded to P.
+/// </summary>
+internal static class AttentionCheck
+{
+    /// <summary>Forward: O and LSE (and P when <paramref name="checkProbabilities"/>) against the reference.</summary>
+    public static AttentionResult<T> Forward<T>(Problem problem, AttentionOptions? options = null, bool checkProbabilities = false,
+        Inputs<T>? inputs = null) where T : unmanaged
+    {
+        options ??= AttentionOptions.Default;
+        if (checkProbabilities) options = options with { ReturnProbabilities = true };
+        inputs ??= Inputs<T>.Create(problem);
+        var result = FlashAttention.Forward<T>(inputs.QTensor, inputs.KTensor, inputs.VTensor, options, TestContext.Current.CancellationToken);
+        string context = Context<T>(problem, options, inputs.Random);
+
+        var settings = ReferenceSettings.From(options, problem.HeadDim, problem.Batch, problem.HeadsQ, result.DropoutState);
+        var ref64 = ReferenceAttention.Forward(problem.Shape, settings, Precision<T>.ToDoubles(inputs.Q), Precision<T>.ToDoubles(inputs.K), Precision<T>.ToDoubles(inputs.V));
+        var naive = ReferenceAttention.Forward(problem.Shape, settings, Precision<T>.ToFloats(inputs.Q), Precision<T>.ToFloats(inputs.K), Precision<T>.ToFloats(inputs.V));
+
+        Assert.Equal(problem.QLengths, result.Output.Lengths.ToArray());
+        Assert.Equal(problem.LseLengths, result.LogSumExp.Lengths.ToArray());
+        double u = Precision<T>.FloorUnit;
+        Tolerance.AssertClose("O", Precision<T>.Flatten(result.Output), ref64.Output, Precision<T>.RoundThrough(naive.Output), u, context);
+        Tolerance.AssertClose("LSE", Flat.Of(result.LogSumExp), ref64.LogSumExp, Flat.Widen(naive.LogSumExp), u, context);
+        if (checkProbabilities)
+            Probabilities(result, ref64, naive, u, context);
+        return result;
+    }
+
+    /// <summary>ReturnProbabilities: |P| against the reference's un-dropped P, and the sign against the keep mask.</summary>
+    private static void Probabilities<T>(AttentionResult<T> result, ReferenceForward<double> ref64, ReferenceForward<float> naive, double u, string context)
+    {
+        Assert.NotNull(result.Probabilities);
+        var p = Flat.Of(result.Probabilities);
+        var magnitude = Array.ConvertAll(p, Math.Abs);
+        Tolerance.AssertClose("P", magnitude, ref64.Probabilities, Flat.Widen(naive.Probabilities), Math.Max(u, Precision<float>.FloorUnit), context);
+        for (int i = 0; i < p.Length; i++)
+        {
+            if (p[i] == 0 || ref64.Probabilities[i] == 0) continue; // masked or underflowed: the sign carries nothing
+            if (p[i] < 0 == ref64.Kept[i])
+                Assert.Fail($"P[{i}] = {p[i]} but the reference mask says {(ref64.Kept[i] ? "kept" : "dropped")}. {context}");
+        }
+    }
+
+    /// <summary>Backward: dQ, dK, dV against the reference gradients (the forward is checked on the way).</summary>
+    public static AttentionGradients<T> Backward<T>(Problem problem, AttentionOptions? options = null, Inputs<T>? inputs = null)
+        where T : unmanaged
+    {
+        options ??= AttentionOptions.Default;
+        inputs ??= Inputs<T>.Create(problem);
+        var forward = Forward(problem, options, inputs: inputs);
+        var grads = FlashAttention.Backward<T>(inputs.DOutTensor, inputs.QTensor, inputs.KTensor, inputs.VTensor, forward.Output, forward.LogSumExp,
+            options, forward.DropoutState, TestContext.Current.CancellationToken);
+        string context = Context<T>(problem, options, inputs.Random);
+
+        var settings = ReferenceSettings.From(options, problem.HeadDim, problem.Batch, problem.HeadsQ, forward.DropoutState);
+        var ref64 = ReferenceAttention.Backward(problem.Shape, settings, Precision<T>.ToDoubles(inputs.Q), Precision<T>.ToDoubles(inputs.K),
+            Precision<T>.ToDoubles(inputs.V), Precision<T>.ToDoubles(inputs.DOut));
+        float[] qf = Precision<T>.ToFloats(inputs.Q), kf = Precision<T>.ToFloats(inputs.K), vf = Precision<T>.ToFloats(inputs.V);
+        var naiveOutput = ReferenceAttention.Forward(problem.Shape, settings, qf, kf, vf).Output;
+        var storedOutput = Array.ConvertAll(naiveOutput, x => Precision<T>.ToFloat(Precision<T>.FromFloat(x)));
+        var naive = ReferenceAttention.Backward(problem.Shape, settings, qf, kf, vf, Precision<T>.ToFloats(inputs.DOut), storedOutput);
+
+        Assert.Equal(problem.QLengths, grads.DQ.Lengths.ToArray());
+        Assert.Equal(problem.KvLengths, grads.DK.Lengths.ToArray());
+        Assert.Equal(problem.KvLengths, grads.DV.Lengths.ToArray());
+        double u = Precision<T>.FloorUnit;
+        Tolerance.AssertClose("dQ", Precision<T>.Flatten(grads.DQ), ref64.DQ, Precision<T>.RoundThrough(naive.DQ), u, context);
+        Tolerance.AssertClose("dK", Precision<T>.Flatten(grads.DK), ref64.DK, Precision<T>.RoundThrough(naive.DK), u, context);
+        Tolerance.AssertClose("dV", Precision<T>.Flatten(grads.DV), ref64.DV, Precision<T>.RoundThrough(naive.DV), u, context);
+        return grads;
+    }
+
+    public static string Context<T>(Problem problem, AttentionOptions? options, TestRandom random) where T : unmanaged =>
+        $"[{Precision<T>.Name} {problem} {Describe.Options(options)} {random}]";
+}
