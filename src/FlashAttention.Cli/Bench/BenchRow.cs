@@ -5,7 +5,8 @@ namespace FlashAttn.Cli.Bench;
 /// <summary>
 /// One result row in DESIGN.md's results format (snake_case keys: impl, op, mode, dtype, batch, seqlen_q, seqlen_k,
 /// heads, heads_kv, headdim, causal, ms, tflops, device, run), plus gflops, fma_peak_gflops (the same run's measured
-/// fp32 FMA peak), runs (timed runs behind the median) and vector (the CPU path's instruction width).
+/// fp32 FMA peak), runs (timed runs behind the median), vector (the CPU path's instruction width) and other_cpu
+/// (the CPU share other processes took meanwhile: a disturbed row on a shared machine shows here).
 /// </summary>
 internal sealed record BenchRow
 {
@@ -28,6 +29,8 @@ internal sealed record BenchRow
     public required double FmaPeakGflops { get; init; }
     public required int Runs { get; init; }
     public required string Vector { get; init; }
+    /// <summary>Share of the machine's CPU time that other processes used while this row was measured (Linux; 0 elsewhere).</summary>
+    public double OtherCpu { get; init; }
 
     [JsonIgnore]
     public double PercentOfPeak => FmaPeakGflops > 0 ? 100 * Gflops / FmaPeakGflops : double.NaN;

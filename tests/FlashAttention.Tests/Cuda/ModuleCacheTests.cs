@@ -14,8 +14,9 @@ public sealed class ModuleCacheTests
         using var dir = new TempDirectory();
         using (var cache = new ModuleCache(dir.Path))
         {
-            var first = cache.GetOrCompile(Source, "vadd_params", "vadd_cached", [], device);
-            var second = cache.GetOrCompile(Source, "vadd_params", "vadd_cached", [], device);
+            // The same variant and options RunAndCheck(scale: 1) asks for below.
+            var first = cache.GetOrCompile(Source, "vadd_params", "vadd_scale1", ["-DSCALE=1"], device);
+            var second = cache.GetOrCompile(Source, "vadd_params", "vadd_scale1", ["-DSCALE=1"], device);
             Assert.Same(first, second);
             Assert.Equal(1, cache.Compilations);
             Assert.Equal(1, cache.MemoryHits);

@@ -9,13 +9,16 @@ namespace FlashAttn.Tests.Infrastructure;
 internal static class AttentionCheck
 {
     /// <summary>Forward: O and LSE (and P when <paramref name="checkProbabilities"/>) against the reference.</summary>
+    /// <param name="run">Runs the forward on another execution path (the CUDA tests); null for the CPU path.</param>
     public static AttentionResult<T> Forward<T>(Problem problem, AttentionOptions? options = null, bool checkProbabilities = false,
-        Inputs<T>? inputs = null) where T : unmanaged
+        Inputs<T>? inputs = null, Func<Inputs<T>, AttentionOptions, AttentionResult<T>>? run = null) where T : unmanaged
     {
         options ??= AttentionOptions.Default;
         if (checkProbabilities) options = options with { ReturnProbabilities = true };
         inputs ??= Inputs<T>.Create(problem);
-        var result = FlashAttention.Forward<T>(inputs.QTensor, inputs.KTensor, inputs.VTensor, options, TestContext.Current.CancellationToken);
+        var result = run is null
+            ? FlashAttention.Forward<T>(inputs.QTensor, inputs.KTensor, inputs.VTensor, options, TestContext.Current.CancellationToken)
+            : run(inputs, options);
         string context = Context<T>(problem, options, inputs.Random);
 
         var settings = ReferenceSettings.From(options, problem.HeadDim, problem.Batch, problem.HeadsQ, result.DropoutState);

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine over a carried artifacts/device/ (see publish-device.sh):
+#   tests  - the whole suite (CUDA cases included); TRX and log under $OUT
+#   bench  - flash-attn bench on the GPU with the PyTorch peers, results under $OUT
+# The cubin cache lives in artifacts/carry/cubin-cache (carried along when present).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-all}
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+if [ -f artifacts/carry/device.tar.xz ]; then tar -C artifacts -xJf artifacts/carry/device.tar.xz; fi
+[ -x artifacts/device/tests/FlashAttention.Tests ] || { echo "no published build: run scripts/publish-device.sh first"; exit 2; }
+export FLASHATTN_CACHE_DIR="$PWD/artifacts/carry/cubin-cache"
+export DOTNET_gcServer=0
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+status=0
+if [ "$what" = tests ] || [ "$what" = all ]; then
+  artifacts/device/tests/FlashAttention.Tests -noColor -result-trx "$out/tests.trx" -result-markdown "$out/tests.md" 2>&1 | tee "$out/tests.log" | tail -40
+  status=${PIPESTATUS[0]}
+fi
+if { [ "$what" = bench ] || [ "$what" = all ]; } && [ -x artifacts/device/cli/flash-attn ]; then
+  artifacts/device/cli/flash-attn bench --out "$out/bench" 2>&1 | tee "$out/bench.log" | tail -60
+fi
+exit $status
