@@ -19,7 +19,7 @@ internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int Bloc
     public static ForwardVariant For(int headDim, bool bfloat16) => BucketOf(headDim) switch
     {
         64 => new(64, bfloat16, BlockM: 128, BlockN: 64, Warps: 4, RollQk: false),
-        128 => new(128, bfloat16, BlockM: 128, BlockN: 64, Warps: 4, RollQk: false),
+        128 => new(128, bfloat16, BlockM: 128, BlockN: 32, Warps: 4, RollQk: false),
         192 => new(192, bfloat16, BlockM: 128, BlockN: 64, Warps: 8, RollQk: true),
         _ => new(256, bfloat16, BlockM: 128, BlockN: 64, Warps: 8, RollQk: false),
     };

@@ -15,6 +15,9 @@
 #ifndef FA_ROLL_QK
 #define FA_ROLL_QK 0
 #endif
+#ifndef FA_REVERSE_M
+#define FA_REVERSE_M 1
+#endif
 #ifndef FA_MIN_BLOCKS
 #define FA_MIN_BLOCKS 1
 #endif
@@ -31,7 +34,14 @@ __device__ __forceinline__ void flash_fwd_block(const FlashFwdParams& p) {
     extern __shared__ __align__(128) unsigned char smem[];
     const u32 sQ = smem_addr(smem), sK = sQ + BM * D * 2, sV = sK + BN * D * 2;
 
-    const int m_block = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
+    // With a causal (or right-windowed) mask the last query blocks see the most keys: start them first so
+    // the short ones fill the tail of the grid.
+#if FA_REVERSE_M
+    const int m_block = p.window_right >= 0 ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+#else
+    const int m_block = blockIdx.x;
+#endif
+    const int head = blockIdx.y, batch = blockIdx.z;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
 
     int q_start = 0, k_start = 0, seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
@@ -217,25 +227,38 @@ __device__ __forceinline__ void flash_fwd_block(const FlashFwdParams& p) {
     }
 
     // Epilogue: O / l and LSE = scale * max + ln(l). A row that saw no key writes O = 0 and LSE = +inf.
+    // O goes through shared memory (each warp reuses its own rows of the Q tile, which only it reads), so the
+    // global writes are whole 16-byte chunks instead of scattered 4-byte pairs.
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-            const int row = row0 + warp_row0 + mt * 16 + g + 8 * half;
+            const int tile_row = warp_row0 + mt * 16 + g + 8 * half;
             const float sum = quad_sum(row_sum[mt][half]);
             const bool empty = !(sum > 0.f);
             const float inv = empty ? 0.f : 1.f / sum;
-            if (row < seqlen_q) {
-                u16* out_row = o + (long long)row * p.o_row_stride;
 #pragma unroll
-                for (int nt = 0; nt < kOTiles; ++nt) {
-                    int col = nt * 8 + 2 * t;
-                    if (col < p.head_dim)
-                        *(u32*)(out_row + col) = E::pack(acc_o[mt][nt][2 * half] * inv, acc_o[mt][nt][2 * half + 1] * inv);
-                }
-                if (t == 0) lse[row] = empty ? FA_INF : row_max[mt][half] * p.scale + __logf(sum);
+            for (int nt = 0; nt < kOTiles; ++nt) {
+                const u32 packed = E::pack(acc_o[mt][nt][2 * half] * inv, acc_o[mt][nt][2 * half + 1] * inv);
+                asm volatile("st.shared.u32 [%0], %1;" :: "r"(sQ + swizzle<D>(tile_row, nt) + 4 * t), "r"(packed));
             }
+            const int row = row0 + tile_row;
+            if (t == 0 && row < seqlen_q) lse[row] = empty ? FA_INF : row_max[mt][half] * p.scale + __logf(sum);
         }
+    __syncwarp();
+    constexpr int kChunks = D / 8;
+#pragma unroll
+    for (int i = 0; i < kWarpRows * kChunks / 32; ++i) {
+        const int idx = lane + i * 32;
+        const int tile_row = warp_row0 + idx / kChunks, c = idx % kChunks;
+        const int row = row0 + tile_row;
+        if (row < seqlen_q && c * 8 < p.head_dim) {
+            u32 x, y, z, w;
+            asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(x), "=r"(y), "=r"(z), "=r"(w) : "r"(sQ + swizzle<D>(tile_row, c)));
+            u16* dst = o + (long long)row * p.o_row_stride + c * 8;
+            asm volatile("st.global.v4.u32 [%0], {%1,%2,%3,%4};" :: "l"(dst), "r"(x), "r"(y), "r"(z), "r"(w));
+        }
+    }
 }
 
 #if FA_BF16
