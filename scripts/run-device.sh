@@ -19,6 +19,7 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   status=${PIPESTATUS[0]}
 fi
 if { [ "$what" = bench ] || [ "$what" = all ]; } && [ -x artifacts/device/cli/flash-attn ]; then
-  artifacts/device/cli/flash-attn bench --out "$out/bench" 2>&1 | tee "$out/bench.log" | tail -60
+  cli=artifacts/device/cli/flash-attn
+  { $cli warmup && $cli check && $cli bench --out "$out/bench"; } 2>&1 | tee "$out/bench.log" | grep -vE "^│ (fp32|bf16|fp16) " | tail -80
 fi
 exit $status

@@ -13,11 +13,14 @@ internal static class CliApp
     public static RootCommand Build()
     {
         if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = RedirectedWidth;
-        return new RootCommand("flash-attn: checks and benchmarks for FlashAttention.NET")
+        var root = new RootCommand("flash-attn: checks and benchmarks for FlashAttention.NET")
         {
             CheckCommand.Create(),
             BenchCommand.Create(),
             PlotCommand.Create(),
+            WarmupCommand.Create(),
         };
+        root.Subcommands.Add(AllCommand.Create(Build));
+        return root;
     }
 }

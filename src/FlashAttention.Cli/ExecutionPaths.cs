@@ -19,6 +19,12 @@ internal interface IExecutionPath
 
     AttentionGradients<T> Backward<T>(Tensor<T> dOut, Tensor<T> q, Tensor<T> k, Tensor<T> v, Tensor<T> output, Tensor<float> logSumExp,
         AttentionOptions options, DropoutState? dropoutState, CancellationToken ct) where T : unmanaged;
+
+    /// <summary>Whether the path runs this element type and these options forward; null when it does, else why not.</summary>
+    string? ForwardGap(ElementType type, AttentionOptions options) => null;
+
+    /// <summary>Whether the path has a backward pass.</summary>
+    bool HasBackward => true;
 }
 
 /// <summary>The CPU path: the library's tiled FlashAttention-2 over host tensors.</summary>
@@ -40,14 +46,28 @@ internal sealed class CpuPath : IExecutionPath
         FlashAttention.Backward<T>(dOut, q, k, v, output, logSumExp, options, dropoutState, ct);
 }
 
-/// <summary>The execution paths of this build and machine. CUDA joins the list when the library gains it.</summary>
+/// <summary>The execution paths of this build and machine: the CPU always, CUDA when a usable GPU is found.</summary>
 internal static class ExecutionPaths
 {
-    public static IReadOnlyList<IExecutionPath> Available { get; } = [new CpuPath()];
+    private static readonly Lazy<(IReadOnlyList<IExecutionPath> Available, IReadOnlyList<(string Name, string Reason)> Unavailable)> Probe = new(() =>
+    {
+        IExecutionPath cpu = new CpuPath();
+        return Cuda.CudaDevice.TryGetDefault(out var device, out string reason)
+            ? ([cpu, new CudaPath(device!)], [])
+            : ([cpu], [("cuda", "no CUDA GPU: " + FirstSentence(reason))]);
+    });
+
+    /// <summary>The first sentence of a CUDA unavailability reason (the full one lists every path searched).</summary>
+    public static string FirstSentence(string reason)
+    {
+        int end = reason.IndexOf(". ", StringComparison.Ordinal);
+        return (end > 0 ? reason[..end] : reason.Split('\n')[0]).TrimEnd('.', ':');
+    }
+
+    public static IReadOnlyList<IExecutionPath> Available => Probe.Value.Available;
 
     /// <summary>Paths that this build or machine cannot run, with the reason, for the notes that commands print.</summary>
-    public static IReadOnlyList<(string Name, string Reason)> Unavailable { get; } =
-        [("cuda", "no CUDA GPU path: this build of FlashAttention.NET has no CUDA execution path yet")];
+    public static IReadOnlyList<(string Name, string Reason)> Unavailable => Probe.Value.Unavailable;
 
     public static bool HasGpu => Available.Any(p => p.Name != "cpu");
 }

@@ -31,6 +31,9 @@ internal sealed record BenchRow
     public required string Vector { get; init; }
     /// <summary>Share of the machine's CPU time that other processes used while this row was measured (Linux; 0 elsewhere).</summary>
     public double OtherCpu { get; init; }
+    /// <summary>DESIGN.md's optional workspace_mib: peak device memory beyond inputs and outputs; left out when null.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public double? WorkspaceMib { get; init; }
 
     [JsonIgnore]
     public double PercentOfPeak => FmaPeakGflops > 0 ? 100 * Gflops / FmaPeakGflops : double.NaN;

@@ -32,7 +32,7 @@ internal static class BenchRun
             AnsiConsole.MarkupLine($"No CUDA GPU: running the CPU path ({Markup.Escape(path.Description)})");
         }
         var device = DeviceInfo.Cpu();
-        if (DeviceInfo.BusyFraction(TimeSpan.FromMilliseconds(300)) is { } busy && busy > MaxBusy)
+        if (Contention.Sample(TimeSpan.FromMilliseconds(300)) is var busy && busy > MaxBusy)
             AnsiConsole.MarkupLine($"[yellow]warning:[/] other processes are using {busy:P0} of the CPU; timings will be noisy.");
         string vector = Cpu.TileGemm.WidthName;
 

@@ -11,6 +11,14 @@ internal readonly record struct Contention(double Total, double Busy, double Sel
 {
     public static Contention Start() => Read();
 
+    /// <summary>The CPU share other processes use over a short idle wait of this process (a check before a run).</summary>
+    public static double Sample(TimeSpan window)
+    {
+        var start = Start();
+        Thread.Sleep(window);
+        return start.OthersSince();
+    }
+
     /// <summary>Fraction of all CPU time since <see cref="Start"/> that went to other processes (0..1).</summary>
     public double OthersSince()
     {
@@ -37,9 +45,9 @@ internal readonly record struct Contention(double Total, double Busy, double Sel
             string[] rest = self[(self.LastIndexOf(')') + 2)..].Split(' ');
             return new(total, total - idle, Parse(rest[11]) + Parse(rest[12]));
         }
-        catch (IOException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or IndexOutOfRangeException)
         {
-            return default;
+            return default; // unreadable or unexpected /proc: report no contention rather than fail the run
         }
     }
 

@@ -13,35 +13,6 @@ internal sealed partial record DeviceInfo(string Slug, string Name)
         return new($"cpu-{Shorten(model)}-{cores}core", $"{model} ({cores} threads)");
     }
 
-    /// <summary>The fraction of all CPU time that other processes used over a short window (Linux /proc/stat),
-    /// or null where unknown. Call it while this process is idle.</summary>
-    public static double? BusyFraction(TimeSpan window)
-    {
-        try
-        {
-            if (CpuTimes() is not { } before) return null;
-            Thread.Sleep(window);
-            if (CpuTimes() is not { } after) return null;
-            double total = after.Total - before.Total, idle = after.Idle - before.Idle;
-            return total > 0 ? Math.Clamp(1 - idle / total, 0, 1) : null;
-        }
-        catch (IOException)
-        {
-            return null;
-        }
-    }
-
-    /// <summary>Jiffies of the aggregate "cpu" line: all, and idle + iowait.</summary>
-    private static (double Total, double Idle)? CpuTimes()
-    {
-        if (!File.Exists("/proc/stat")) return null;
-        string? line = File.ReadLines("/proc/stat").FirstOrDefault(l => l.StartsWith("cpu ", StringComparison.Ordinal));
-        if (line is null) return null;
-        var fields = line.Split(' ', StringSplitOptions.RemoveEmptyEntries).Skip(1)
-            .Select(f => double.Parse(f, System.Globalization.CultureInfo.InvariantCulture)).ToArray();
-        return fields.Length < 5 ? null : (fields.Sum(), fields[3] + fields[4]);
-    }
-
     /// <summary>"model name" of /proc/cpuinfo on Linux; null elsewhere.</summary>
     private static string? CpuModel()
     {

@@ -21,10 +21,13 @@ internal static class BenchCommand
         var quick = new Option<bool>("--quick") { Description = "Smoke test: one small shape (b1 h4 s256 d64, non-causal), 3 repeats; results are written only with --out." };
         var output = new Option<string?>("--out") { Description = "Results folder (default bench/results)." };
         var plot = new Option<string?>("--plot") { Description = "PNG plot path (default <out>/<device>.png)." };
+        var cpu = new Option<bool>("--cpu") { Description = "Benchmark the CPU path even when a CUDA GPU is present." };
+        var peers = new Option<string?>("--peers") { Description = "GPU: the PyTorch peer script (default bench/peers/torch_sdpa.py)." };
+        var noUnfused = new Option<bool>("--no-unfused") { Description = "GPU: leave out the unfused (materialised) baseline." };
 
         var command = new Command("bench", "Benchmark the attention paths over a sweep of shapes; write results JSON and a PNG plot.")
         {
-            dtype, seqlens, headdims, batch, heads, causal, modes, repeats, naiveMax, quick, output, plot,
+            dtype, seqlens, headdims, batch, heads, causal, modes, repeats, naiveMax, quick, output, plot, cpu, peers, noUnfused,
         };
         command.SetGuardedAction((parseResult, ct) =>
         {
@@ -42,6 +45,22 @@ internal static class BenchCommand
             };
             string causalChoice = parseResult.GetValue(causal) ?? (isQuick ? "off" : "both");
             string? outDir = parseResult.GetValue(output) ?? (isQuick ? null : Path.Combine("bench", "results"));
+            bool[] causalFlags = causalChoice switch { "on" => [true], "off" => [false], _ => [false, true] };
+
+            if (!parseResult.GetValue(cpu) && ExecutionPaths.Available.OfType<CudaPath>().FirstOrDefault() is { } gpu)
+            {
+                var gpuTypes = Tokens(dtype) is { } g ? BenchSettings.ParseNames(g, "--dtype", ["fp16", "bf16"]) : ["bf16"];
+                var gpuSettings = new Gpu.GpuBenchRun.Settings(
+                    gpuTypes,
+                    dims ?? (isQuick ? [128] : [64, 128, 256]),
+                    lengths ?? (isQuick ? [1024] : [512, 1024, 2048, 4096, 8192, 16384]),
+                    causalFlags,
+                    outDir,
+                    parseResult.GetValue(plot),
+                    parseResult.GetValue(peers) ?? Path.Combine("bench", "peers", "torch_sdpa.py"),
+                    !parseResult.GetValue(noUnfused));
+                return Gpu.GpuBenchRun.Execute(gpu.Device, gpuSettings, ct);
+            }
 
             var settings = new BenchSettings
             {
@@ -49,7 +68,7 @@ internal static class BenchCommand
                 Shapes = shapes,
                 Batch = Positive(parseResult.GetValue(batch) ?? 1, "--batch"),
                 Heads = Positive(parseResult.GetValue(heads) ?? (isQuick ? BenchSettings.QuickHeads : 8), "--heads"),
-                Causal = causalChoice switch { "on" => [true], "off" => [false], _ => [false, true] },
+                Causal = causalFlags,
                 Modes = Tokens(modes) is { } m ? BenchSettings.ParseNames(m, "--modes", BenchCase.Modes) : ["fwd", "fwdbwd"],
                 Repeats = Positive(parseResult.GetValue(repeats) ?? (isQuick ? BenchSettings.QuickRepeats : 5), "--repeats"),
                 NaiveMaxSeqlen = parseResult.GetValue(naiveMax) ?? 2048,

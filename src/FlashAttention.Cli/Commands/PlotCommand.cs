@@ -20,7 +20,8 @@ internal static class PlotCommand
             var rows = ResultsFile.Load(path);
             string title = rows.Select(r => r.Device).FirstOrDefault(d => d.Length > 0) ?? Path.GetFileNameWithoutExtension(path);
             double peak = rows.Select(r => r.FmaPeakGflops).DefaultIfEmpty(0).Max();
-            Plotter.Save(rows, png, title, peak);
+            bool gpu = rows.Any(r => r.Impl is "unfused" || r.Impl.StartsWith("torch-", StringComparison.Ordinal));
+            Plotter.Save(rows, png, title, peak, gpu ? Plotter.Unit.Tflops : Plotter.Unit.Gflops);
             AnsiConsole.MarkupLine($"Plot: {Markup.Escape(png)} ({rows.Count} rows)");
             return 0;
         });

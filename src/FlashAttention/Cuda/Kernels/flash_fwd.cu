@@ -15,12 +15,6 @@
 #ifndef FA_ROLL_QK
 #define FA_ROLL_QK 0
 #endif
-#ifndef FA_REVERSE_M
-#define FA_REVERSE_M 1
-#endif
-#ifndef FA_MIN_BLOCKS
-#define FA_MIN_BLOCKS 1
-#endif
 
 template <int D, int BM, int BN, int NW, typename E>
 __device__ __forceinline__ void flash_fwd_block(const FlashFwdParams& p) {
@@ -36,11 +30,7 @@ __device__ __forceinline__ void flash_fwd_block(const FlashFwdParams& p) {
 
     // With a causal (or right-windowed) mask the last query blocks see the most keys: start them first so
     // the short ones fill the tail of the grid.
-#if FA_REVERSE_M
     const int m_block = p.window_right >= 0 ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-#else
-    const int m_block = blockIdx.x;
-#endif
     const int head = blockIdx.y, batch = blockIdx.z;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
 
@@ -267,6 +257,6 @@ typedef Bf16 FaElement;
 typedef Fp16 FaElement;
 #endif
 
-extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, FA_MIN_BLOCKS) flash_fwd_kernel(const FlashFwdParams p) {
+extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) flash_fwd_kernel(const FlashFwdParams p) {
     flash_fwd_block<FA_HEAD_DIM, FA_BLOCK_M, FA_BLOCK_N, FA_WARPS, FaElement>(p);
 }

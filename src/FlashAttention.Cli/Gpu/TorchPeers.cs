@@ -1,0 +1,49 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace FlashAttn.Cli.Gpu;
+
+/// <summary>
+/// Runs bench/peers/torch_sdpa.py (PyTorch SDPA's flash, cuDNN and math backends) on the same shapes in the same
+/// invocation, when python3 with torch is on the machine; the bench works without it and says so.
+/// </summary>
+internal static class TorchPeers
+{
+    public sealed record Outcome(IReadOnlyList<JsonObject> Rows, string? Note);
+
+    public static Outcome Run(string script, IEnumerable<GpuBenchCase> cases, string run, TimeSpan timeout)
+    {
+        if (!File.Exists(script))
+            return new([], $"peer script {script} not found: PyTorch peers skipped (run from the repository root or pass --peers).");
+        string shapes = Path.Combine(Path.GetTempPath(), $"flash-attn-peers-{Environment.ProcessId}.json");
+        File.WriteAllText(shapes, new JsonArray([.. cases.Select(c => (JsonNode)c.ToPeerShape())]).ToJsonString());
+        try
+        {
+            var start = new ProcessStartInfo("python3") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+            foreach (var argument in new[] { script, shapes, run }) start.ArgumentList.Add(argument);
+            using var process = Process.Start(start) ?? throw new InvalidOperationException("python3 did not start");
+            var stderr = process.StandardError.ReadToEndAsync();
+            string stdout = process.StandardOutput.ReadToEnd();
+            if (!process.WaitForExit(timeout))
+            {
+                process.Kill(entireProcessTree: true);
+                return new([], "PyTorch peers timed out: skipped.");
+            }
+            if (process.ExitCode != 0)
+                return new([], "PyTorch peers failed (is torch installed for python3?): " + FirstLine(stderr.Result));
+            var rows = JsonNode.Parse(stdout) as JsonArray ?? [];
+            return new([.. rows.OfType<JsonObject>()], string.IsNullOrWhiteSpace(stderr.Result) ? null : FirstLine(stderr.Result));
+        }
+        catch (Exception error) when (error is System.ComponentModel.Win32Exception or InvalidOperationException or JsonException)
+        {
+            return new([], $"PyTorch peers unavailable ({error.Message}): skipped.");
+        }
+        finally
+        {
+            File.Delete(shapes);
+        }
+    }
+
+    private static string FirstLine(string text) => text.Split('\n', StringSplitOptions.RemoveEmptyEntries).LastOrDefault()?.Trim() ?? "";
+}
