@@ -51,14 +51,19 @@ internal static class AttentionCheck
     }
 
     /// <summary>Backward: dQ, dK, dV against the reference gradients (the forward is checked on the way).</summary>
-    public static AttentionGradients<T> Backward<T>(Problem problem, AttentionOptions? options = null, Inputs<T>? inputs = null)
-        where T : unmanaged
+    /// <param name="run">Runs the forward on another execution path (the CUDA tests); null for the CPU path.</param>
+    /// <param name="runBackward">Runs backward on another path, given the inputs and that path's forward result.</param>
+    public static AttentionGradients<T> Backward<T>(Problem problem, AttentionOptions? options = null, Inputs<T>? inputs = null,
+        Func<Inputs<T>, AttentionOptions, AttentionResult<T>>? run = null,
+        Func<Inputs<T>, AttentionOptions, AttentionResult<T>, AttentionGradients<T>>? runBackward = null) where T : unmanaged
     {
         options ??= AttentionOptions.Default;
         inputs ??= Inputs<T>.Create(problem);
-        var forward = Forward(problem, options, inputs: inputs);
-        var grads = FlashAttention.Backward<T>(inputs.DOutTensor, inputs.QTensor, inputs.KTensor, inputs.VTensor, forward.Output, forward.LogSumExp,
-            options, forward.DropoutState, TestContext.Current.CancellationToken);
+        var forward = Forward(problem, options, inputs: inputs, run: run);
+        var grads = runBackward is not null
+            ? runBackward(inputs, options, forward)
+            : FlashAttention.Backward<T>(inputs.DOutTensor, inputs.QTensor, inputs.KTensor, inputs.VTensor, forward.Output, forward.LogSumExp,
+                options, forward.DropoutState, TestContext.Current.CancellationToken);
         string context = Context<T>(problem, options, inputs.Random);
 
         var settings = ReferenceSettings.From(options, problem.HeadDim, problem.Batch, problem.HeadsQ, forward.DropoutState);

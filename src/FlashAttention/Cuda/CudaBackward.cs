@@ -1,0 +1,103 @@
+using FlashAttn.Validation;
+
+namespace FlashAttn.Cuda;
+
+/// <summary>
+/// Launches the FlashAttention-2 backward kernels for validated shapes: the pre-pass (D = rowsum(dO * O), zeroed dQ
+/// accumulators), the key-block-parallel main kernel, and the dQ conversion. Workspace: D and the fp32 dQ accumulators
+/// (one buffer, or one per split when deterministic). Head dims that are not a multiple of 8, or misaligned views, are
+/// staged through padded copies as in the forward.
+/// </summary>
+internal static class CudaBackward
+{
+    private const float Log2E = 1.4426950408889634f;
+
+    /// <summary>Runs backward; returns the workspace bytes it allocated.</summary>
+    public static long Run<T>(CudaDevice device, ProblemShape shape, AttentionSettings settings, bool deterministic, DeviceOperand dOut,
+        DeviceOperand q, DeviceOperand k, DeviceOperand v, DeviceOperand output, DeviceOperand lse, DeviceOperand dq, DeviceOperand dk,
+        DeviceOperand dv, CudaStream stream) where T : unmanaged
+    {
+        if (shape.IsVarlen) throw new NotSupportedException("varlen backward is not in the CUDA kernels yet; use the CPU path.");
+        if (settings.Dropout.Enabled || settings.Softcap > 0f || settings.AlibiSlopes is not null)
+            throw new NotSupportedException("dropout, softcap and ALiBi are not in the CUDA backward kernel yet; use the CPU path.");
+        if (shape.Batch == 0 || shape.HeadsQ == 0 || shape.MaxSeqlenQ == 0 && shape.MaxSeqlenK == 0) return 0;
+        var variant = BackwardVariant.For(shape.HeadDim, typeof(T) == typeof(BFloat16), deterministic);
+        int paddedDim = (shape.HeadDim + 7) / 8 * 8;
+        bool pad = paddedDim != shape.HeadDim;
+        int b = shape.Batch, sq = shape.MaxSeqlenQ, sk = shape.MaxSeqlenK, hq = shape.HeadsQ, hk = shape.HeadsKv;
+        var temporaries = new List<DeviceMemory>();
+        try
+        {
+            DeviceOperand In(DeviceOperand x, int rows, int heads) =>
+                pad || !x.IsChunkAligned ? HeadCopy.ToDense(device, x, b, rows, heads, shape.HeadDim, paddedDim, stream, temporaries) : x;
+            DeviceOperand Out(DeviceOperand x, int rows, int heads) =>
+                pad || !x.IsChunkAligned ? HeadCopy.Allocate(b, rows, heads, paddedDim, 2, temporaries) : x;
+            var (qs, ks, vs, os, dos) = (In(q, sq, hq), In(k, sk, hk), In(v, sk, hk), In(output, sq, hq), In(dOut, sq, hq));
+            var (dqs, dks, dvs) = (Out(dq, sq, hq), Out(dk, sk, hk), Out(dv, sk, hk));
+
+            int keyBlocks = (sk + BackwardVariant.BlockN - 1) / BackwardVariant.BlockN;
+            int splits = deterministic ? Math.Clamp((2 * device.MultiprocessorCount + hk * b - 1) / (hk * b), 1, Math.Max(1, keyBlocks)) : 1;
+            long accumulatorStride = (long)b * sq * hq * paddedDim;
+            var delta = DeviceMemory.Allocate(Math.Max(1, (long)b * hq * sq) * sizeof(float));
+            temporaries.Add(delta);
+            var accumulators = DeviceMemory.Allocate(Math.Max(1, accumulatorStride * splits) * sizeof(float));
+            temporaries.Add(accumulators);
+
+            var parameters = new FlashBackwardParams
+            {
+                Q = qs.Pointer, K = ks.Pointer, V = vs.Pointer, O = os.Pointer, DOut = dos.Pointer,
+                DQ = dqs.Pointer, DK = dks.Pointer, DV = dvs.Pointer, Lse = lse.Pointer, Delta = delta.Pointer, DQAccum = accumulators.Pointer,
+                QBatchStride = qs.StrideBatch, QRowStride = qs.StrideRow, QHeadStride = qs.StrideHead,
+                KBatchStride = ks.StrideBatch, KRowStride = ks.StrideRow, KHeadStride = ks.StrideHead,
+                VBatchStride = vs.StrideBatch, VRowStride = vs.StrideRow, VHeadStride = vs.StrideHead,
+                OBatchStride = os.StrideBatch, ORowStride = os.StrideRow, OHeadStride = os.StrideHead,
+                DOutBatchStride = dos.StrideBatch, DOutRowStride = dos.StrideRow, DOutHeadStride = dos.StrideHead,
+                DQBatchStride = dqs.StrideBatch, DQRowStride = dqs.StrideRow, DQHeadStride = dqs.StrideHead,
+                DKBatchStride = dks.StrideBatch, DKRowStride = dks.StrideRow, DKHeadStride = dks.StrideHead,
+                DVBatchStride = dvs.StrideBatch, DVRowStride = dvs.StrideRow, DVHeadStride = dvs.StrideHead,
+                LseBatchStride = lse.StrideBatch, LseHeadStride = lse.StrideHead,
+                DQAccumSplitStride = accumulatorStride,
+                Batch = b, HeadsQ = hq, HeadsKv = hk, HeadDim = paddedDim, SeqlenQ = sq, SeqlenK = sk,
+                WindowLeft = settings.WindowLeft, WindowRight = settings.WindowRight, Splits = splits,
+                Scale = settings.Scale, ScaleLog2 = settings.Scale * Log2E,
+            };
+            // The pre-pass reads D's strides from the LSE's: allocate D with the same (batch, head, row) layout.
+            if (lse.StrideBatch != (long)hq * sq || lse.StrideHead != sq)
+                throw new ArgumentException("logSumExp must be dense (batch, heads_q, seqlen_q), as forward returns it.", "logSumExp");
+
+            var prepare = KernelLibrary.Get(device, "flash_bwd.cu", BackwardVariant.PrepareKernel, variant.Name, variant.CompilerDefines);
+            var main = KernelLibrary.Get(device, "flash_bwd.cu", BackwardVariant.MainKernel, variant.Name, variant.CompilerDefines);
+            var convert = KernelLibrary.Get(device, "flash_bwd.cu", BackwardVariant.ConvertKernel, variant.Name, variant.CompilerDefines);
+            main.SetMaxDynamicSharedMemory(variant.SharedMemoryBytes);
+
+            long rowsTimesWarp = (long)b * sq * hq * 32;
+            uint prepareBlocks = (uint)Math.Clamp((rowsTimesWarp + 255) / 256, 1, 1L << 20);
+            prepare.Launch(parameters, (prepareBlocks, 1, 1), (256, 1, 1), 0, stream);
+            if (sq > 0 && sk > 0)
+                main.Launch(parameters, ((uint)(deterministic ? splits : keyBlocks), (uint)hk, (uint)b), ((uint)BackwardVariant.Threads, 1, 1),
+                    variant.SharedMemoryBytes, stream);
+            else if (sk > 0)
+                ZeroKeyGradients(device, dks, dvs, b, sk, hk, paddedDim, stream);
+            long pairs = (long)b * sq * hq * paddedDim / 2;
+            if (pairs > 0)
+                convert.Launch(parameters, ((uint)Math.Clamp((pairs + 255) / 256, 1, 1L << 20), 1, 1), (256, 1, 1), 0, stream);
+
+            if (dqs != dq) HeadCopy.Copy(device, dqs, dq, b, sq, hq, paddedDim, shape.HeadDim, stream);
+            if (dks != dk) HeadCopy.Copy(device, dks, dk, b, sk, hk, paddedDim, shape.HeadDim, stream);
+            if (dvs != dv) HeadCopy.Copy(device, dvs, dv, b, sk, hk, paddedDim, shape.HeadDim, stream);
+            return delta.ByteLength + accumulators.ByteLength;
+        }
+        finally
+        {
+            foreach (var memory in temporaries) memory.Dispose(); // cuMemFree waits for the work that uses it
+        }
+    }
+
+    /// <summary>seqlen_q = 0: no query sees any key, so dK = dV = 0.</summary>
+    private static void ZeroKeyGradients(CudaDevice device, DeviceOperand dk, DeviceOperand dv, int batch, int rows, int heads, int dim, CudaStream stream)
+    {
+        // Copying "zero source columns" writes zeros: a head copy with source dim 0.
+        HeadCopy.Copy(device, dk, dk, batch, rows, heads, 0, dim, stream);
+        HeadCopy.Copy(device, dv, dv, batch, rows, heads, 0, dim, stream);
+    }
+}

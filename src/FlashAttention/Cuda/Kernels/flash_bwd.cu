@@ -1,0 +1,313 @@
+// FlashAttention-2 backward (sm_80+), three kernels:
+//   flash_bwd_prepare: D = rowsum(dO * O) per query row (fp32) and zeroed dQ accumulators;
+//   flash_bwd_kernel:  one CTA per (key block, kv head, batch) - or, deterministic, per (split, kv head, batch)
+//                      looping over key blocks split, split + splits, ... Each warp owns 16 keys. For every query
+//                      head of the GQA group and every query block that sees the key block it recomputes
+//                      P^T = exp2(K Q^T * scale*log2(e) - LSE*log2(e)), then
+//                        dV += P^T dO,  dP^T = V dO^T,  dS^T = P^T * (dP^T - D) * scale,  dK += dS^T Q
+//                      with dK, dV in registers and P^T, dS^T reused as A operands straight from the accumulators;
+//                      dS goes through shared memory for dQ += dS K, added to fp32 accumulators (atomics, or plain
+//                      adds into the split's own buffer when deterministic);
+//   flash_bwd_convert: dQ = sum of the splits' accumulators in order, converted to 16 bits.
+// Variant (-D options): FA_HEAD_DIM (64, 128), FA_BF16, FA_DETERMINISTIC.
+#include "fa_ptx.cuh"
+#include "fa_bwd_params.cuh"
+#include "fa_tile.cuh"
+
+#if FA_BF16
+typedef Bf16 FaElement;
+__device__ __forceinline__ float to_float(u16 x) { return __uint_as_float(((u32)x) << 16); }
+#else
+typedef Fp16 FaElement;
+__device__ __forceinline__ float to_float(u16 x) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x)); return f; }
+#endif
+
+constexpr int kD = FA_HEAD_DIM;
+constexpr int kBlockN = 64;            // keys per CTA (16 per warp)
+constexpr int kBlockM = 64;            // queries per iteration
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kRowBytes = kD * 2;
+
+// ---------------------------------------------------------------------------------------------------------
+extern "C" __global__ void flash_bwd_prepare(const FlashBwdParams p) {
+    // One warp per (batch, row, head): D = sum_c dO[c] * O[c].
+    const long long rows = (long long)p.batch * p.seqlen_q * p.heads_q;
+    const long long warp = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (warp < rows) {
+        const int h = (int)(warp % p.heads_q);
+        const int r = (int)((warp / p.heads_q) % p.seqlen_q);
+        const int b = (int)(warp / ((long long)p.heads_q * p.seqlen_q));
+        const u16* o = (const u16*)p.o + b * p.o_batch_stride + r * p.o_row_stride + h * p.o_head_stride;
+        const u16* d = (const u16*)p.dout + b * p.do_batch_stride + r * p.do_row_stride + h * p.do_head_stride;
+        float sum = 0.f;
+        for (int c = lane; c < p.head_dim; c += 32) sum += to_float(o[c]) * to_float(d[c]);
+#pragma unroll
+        for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+        if (lane == 0) p.delta[b * p.lse_batch_stride + h * p.lse_head_stride + r] = sum;
+    }
+    // Zero the dQ accumulators (all splits) with a grid-stride loop.
+    const long long total = p.dq_accum_split_stride * p.splits;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x)
+        p.dq_accum[i] = 0.f;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Per-lane ldmatrix offsets, as in the forward kernel: the swizzle depends only on lane % 8 and k % 4.
+struct LaneOffsets {
+    u32 a[4];       // A operand rows (16 per warp tile), non-transposed: row = lane % 16, chunk + lane / 16
+    u32 b[4];       // B operand (rows = n), non-transposed: row = (lane / 16) * 8 + lane % 8, chunk + (lane / 8) % 2
+    u32 bt[4];      // B operand read transposed (rows = k): row = ((lane / 8) % 2) * 8 + lane % 8, chunk + lane / 16
+};
+
+template <int D>
+__device__ __forceinline__ LaneOffsets lane_offsets(int lane) {
+    constexpr int rb = D * 2;
+    const int l8 = lane % 8;
+    LaneOffsets o;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        o.a[j] = (lane % 16) * rb + ((((lane / 16) ^ l8) ^ (2 * j)) << 4);
+        o.b[j] = ((lane / 16) * 8 + l8) * rb + (((((lane / 8) % 2) ^ l8) ^ (2 * j)) << 4);
+        o.bt[j] = (((lane / 8) % 2) * 8 + l8) * rb + ((((lane / 16) ^ l8) ^ (2 * j)) << 4);
+    }
+    return o;
+}
+
+// acc (16 x N, N = 8 * NT) += A (16 x D rows of tile sA starting at a_row0) * B^T where B is the (N x D) tile sB:
+// the "S = Q K^T" shape, used for S^T = K Q^T and dP^T = V dO^T.
+template <int NT>
+__device__ __forceinline__ void gemm_abt(float (&acc)[NT][4], u32 sA, int a_row0, u32 sB, const LaneOffsets& lo) {
+#pragma unroll
+    for (int chunk = 0; chunk < kD / 64; ++chunk)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            u32 a[4];
+            ldmatrix_x4(a, sA + lo.a[j] + a_row0 * kRowBytes + chunk * 128);
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                u32 b[4];
+                ldmatrix_x4(b, sB + lo.b[j] + np * 16 * kRowBytes + chunk * 128);
+                FaElement::mma(acc[2 * np], a, b);
+                FaElement::mma(acc[2 * np + 1], a, b + 2);
+            }
+        }
+}
+
+// acc (16 x D) += P (16 x 8*KT, held as C fragments `frag`) * B where B is the (8*KT x D) tile sB read transposed:
+// the "O += P V" shape, used for dV += P^T dO and dK += dS^T Q.
+template <int KT>
+__device__ __forceinline__ void gemm_frag_b(float (&acc)[kD / 8][4], const float (&frag)[KT][4], u32 sB, const LaneOffsets& lo) {
+#pragma unroll
+    for (int kk = 0; kk < KT / 2; ++kk) {
+        u32 a[4];
+        a[0] = FaElement::pack(frag[2 * kk][0], frag[2 * kk][1]);
+        a[1] = FaElement::pack(frag[2 * kk][2], frag[2 * kk][3]);
+        a[2] = FaElement::pack(frag[2 * kk + 1][0], frag[2 * kk + 1][1]);
+        a[3] = FaElement::pack(frag[2 * kk + 1][2], frag[2 * kk + 1][3]);
+#pragma unroll
+        for (int dp = 0; dp < kD / 16; ++dp) {
+            u32 b[4];
+            ldmatrix_x4_trans(b, sB + lo.bt[dp & 3] + kk * 16 * kRowBytes + (dp >> 2) * 128);
+            FaElement::mma(acc[2 * dp], a, b);
+            FaElement::mma(acc[2 * dp + 1], a, b + 2);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const FlashBwdParams p) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    const u32 sK = smem_addr(smem), sV = sK + kBlockN * kRowBytes, sQ = sV + kBlockN * kRowBytes, sDO = sQ + kBlockM * kRowBytes;
+    const u32 sDS = sDO + kBlockM * kRowBytes;                     // dS^T [key][query], 16-bit, rows of kBlockM
+    float* sLse2 = (float*)(smem + (sDS - sK) + kBlockN * kBlockM * 2);  // LSE * log2(e) per query of the block
+    float* sDelta = sLse2 + kBlockM;
+
+    const int head_kv = blockIdx.y, batch = blockIdx.z;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, offset = seqlen_k - seqlen_q;
+    const int group = p.heads_q / p.heads_kv;
+    const int n_blocks = (seqlen_k + kBlockN - 1) / kBlockN;
+    const LaneOffsets lo = lane_offsets<kD>(lane);
+    const LaneOffsets lo64 = lane_offsets<kBlockM>(lane);
+    constexpr float kLog2e = 1.4426950408889634f;
+
+    const u16* k_base = (const u16*)p.k + batch * p.k_batch_stride + head_kv * p.k_head_stride;
+    const u16* v_base = (const u16*)p.v + batch * p.v_batch_stride + head_kv * p.v_head_stride;
+    float* dq_accum = p.dq_accum + (FA_DETERMINISTIC ? blockIdx.x * p.dq_accum_split_stride : 0);
+
+    for (int n_block = blockIdx.x; n_block < n_blocks; n_block += gridDim.x) {
+        const int key0 = n_block * kBlockN;
+        __syncthreads();  // the previous key block is done with every tile
+        load_tile<kD, kBlockN, kThreads>(sK, k_base, p.k_row_stride, key0, seqlen_k, p.head_dim, tid);
+        load_tile<kD, kBlockN, kThreads>(sV, v_base, p.v_row_stride, key0, seqlen_k, p.head_dim, tid);
+        cp_async_commit();
+
+        // Queries that may see a key of this block (bottom-right aligned window).
+        const int last_key = min(key0 + kBlockN, seqlen_k) - 1;
+        int q_begin = 0, q_end = seqlen_q;
+        if (p.window_right >= 0) q_begin = max(0, key0 - offset - p.window_right);
+        if (p.window_left >= 0) q_end = min(seqlen_q, last_key - offset + p.window_left + 1);
+        const int m_first = q_begin / kBlockM, m_last = q_end > q_begin ? (q_end - 1) / kBlockM : m_first - 1;
+
+        float acc_dk[kD / 8][4], acc_dv[kD / 8][4];
+#pragma unroll
+        for (int i = 0; i < kD / 8; ++i)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc_dk[i][c] = acc_dv[i][c] = 0.f;
+
+        for (int head = head_kv * group; head < (head_kv + 1) * group; ++head) {
+            const u16* q_base = (const u16*)p.q + batch * p.q_batch_stride + head * p.q_head_stride;
+            const u16* do_base = (const u16*)p.dout + batch * p.do_batch_stride + head * p.do_head_stride;
+            const float* lse = p.lse + batch * p.lse_batch_stride + head * p.lse_head_stride;
+            const float* delta = p.delta + batch * p.lse_batch_stride + head * p.lse_head_stride;
+            for (int m_block = m_first; m_block <= m_last; ++m_block) {
+                const int q0 = m_block * kBlockM;
+                __syncthreads();  // every warp is done with the previous Q, dO, dS tiles
+                load_tile<kD, kBlockM, kThreads>(sQ, q_base, p.q_row_stride, q0, seqlen_q, p.head_dim, tid);
+                load_tile<kD, kBlockM, kThreads>(sDO, do_base, p.do_row_stride, q0, seqlen_q, p.head_dim, tid);
+                cp_async_commit();
+                if (tid < kBlockM) {
+                    const int q = q0 + tid;
+                    // Padded query rows: LSE = +inf makes their P exactly 0.
+                    sLse2[tid] = q < seqlen_q ? lse[q] * kLog2e : FA_INF;
+                    sDelta[tid] = q < seqlen_q ? delta[q] : 0.f;
+                }
+                cp_async_wait<0>();
+                __syncthreads();
+
+                // S^T = K Q^T for this warp's 16 keys, then P^T = exp2(S^T * scale*log2e - LSE*log2e).
+                float acc_s[kBlockM / 8][4];
+#pragma unroll
+                for (int i = 0; i < kBlockM / 8; ++i) acc_s[i][0] = acc_s[i][1] = acc_s[i][2] = acc_s[i][3] = 0.f;
+                gemm_abt<kBlockM / 8>(acc_s, sK, warp * 16, sQ, lo);
+                const bool need_mask = key0 + kBlockN > seqlen_k
+                    || (p.window_right >= 0 && key0 + kBlockN - 1 > q0 + offset + p.window_right)
+                    || (p.window_left >= 0 && key0 < q0 + kBlockM - 1 + offset - p.window_left);
+#pragma unroll
+                for (int nt = 0; nt < kBlockM / 8; ++nt)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        const int qi = nt * 8 + 2 * t + (i & 1);
+                        float x = fmaf(acc_s[nt][i], p.scale_log2, -sLse2[qi]);
+                        if (need_mask) {
+                            const int key = key0 + warp * 16 + g + (i >= 2 ? 8 : 0), diagonal = q0 + qi + offset;
+                            const bool hidden = key >= seqlen_k || (p.window_right >= 0 && key > diagonal + p.window_right)
+                                || (p.window_left >= 0 && key < diagonal - p.window_left);
+                            if (hidden) x = -FA_INF;
+                        }
+                        acc_s[nt][i] = fast_exp2(x);
+                    }
+
+                // dP^T = V dO^T
+                float acc_dp[kBlockM / 8][4];
+#pragma unroll
+                for (int i = 0; i < kBlockM / 8; ++i) acc_dp[i][0] = acc_dp[i][1] = acc_dp[i][2] = acc_dp[i][3] = 0.f;
+                gemm_abt<kBlockM / 8>(acc_dp, sV, warp * 16, sDO, lo);
+
+                // dV += P^T dO
+                gemm_frag_b<kBlockM / 8>(acc_dv, acc_s, sDO, lo);
+
+                // dS^T = P^T * (dP^T - D) * scale (in place in acc_dp)
+#pragma unroll
+                for (int nt = 0; nt < kBlockM / 8; ++nt)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i)
+                        acc_dp[nt][i] = acc_s[nt][i] * (acc_dp[nt][i] - sDelta[nt * 8 + 2 * t + (i & 1)]) * p.scale;
+
+                // dK += dS^T Q
+                gemm_frag_b<kBlockM / 8>(acc_dk, acc_dp, sQ, lo);
+
+                // dS^T to shared memory ([key][query], swizzled rows of kBlockM) for dQ += dS K.
+#pragma unroll
+                for (int nt = 0; nt < kBlockM / 8; ++nt)
+#pragma unroll
+                    for (int half = 0; half < 2; ++half) {
+                        const u32 packed = FaElement::pack(acc_dp[nt][2 * half], acc_dp[nt][2 * half + 1]);
+                        asm volatile("st.shared.u32 [%0], %1;" :: "r"(sDS + swizzle<kBlockM>(warp * 16 + g + 8 * half, nt) + 4 * t), "r"(packed));
+                    }
+                __syncthreads();
+
+                // dQ rows [q0 + 16 warp, +16) += dS K: A = dS read transposed from [key][query], B = K read transposed.
+                float acc_dq[kD / 8][4];
+#pragma unroll
+                for (int i = 0; i < kD / 8; ++i) acc_dq[i][0] = acc_dq[i][1] = acc_dq[i][2] = acc_dq[i][3] = 0.f;
+#pragma unroll
+                for (int kk = 0; kk < kBlockN / 16; ++kk) {
+                    // A[query][key] read transposed out of dS^T[key][query]: lane rows = keys kk*16 + (lane/16)*8 + lane%8,
+                    // chunk = queries 2*warp + (lane/8)%2 - the "b" offsets with j = warp - which yields a0..a3 in order.
+                    u32 a[4];
+                    ldmatrix_x4_trans(a, sDS + lo64.b[warp] + kk * 16 * (kBlockM * 2));
+#pragma unroll
+                    for (int dp = 0; dp < kD / 16; ++dp) {
+                        u32 b[4];
+                        ldmatrix_x4_trans(b, sK + lo.bt[dp & 3] + kk * 16 * kRowBytes + (dp >> 2) * 128);
+                        FaElement::mma(acc_dq[2 * dp], a, b);
+                        FaElement::mma(acc_dq[2 * dp + 1], a, b + 2);
+                    }
+                }
+                float* dq_rows = dq_accum + (((long long)batch * seqlen_q) * p.heads_q + head) * p.head_dim;
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    const int q = q0 + warp * 16 + g + 8 * half;
+                    if (q < seqlen_q) {
+                        float* row = dq_rows + (long long)q * p.heads_q * p.head_dim;
+#pragma unroll
+                        for (int nt = 0; nt < kD / 8; ++nt) {
+                            const int c = nt * 8 + 2 * t;
+                            if (c < p.head_dim) {
+#if FA_DETERMINISTIC
+                                row[c] += acc_dq[nt][2 * half];
+                                row[c + 1] += acc_dq[nt][2 * half + 1];
+#else
+                                atomicAdd(row + c, acc_dq[nt][2 * half]);
+                                atomicAdd(row + c + 1, acc_dq[nt][2 * half + 1]);
+#endif
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        // dK, dV of this key block (rows past seqlen_k are not written).
+        u16* dk = (u16*)p.dk + batch * p.dk_batch_stride + head_kv * p.dk_head_stride;
+        u16* dv = (u16*)p.dv + batch * p.dv_batch_stride + head_kv * p.dv_head_stride;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int key = key0 + warp * 16 + g + 8 * half;
+            if (key < seqlen_k) {
+#pragma unroll
+                for (int nt = 0; nt < kD / 8; ++nt) {
+                    const int c = nt * 8 + 2 * t;
+                    if (c < p.head_dim) {
+                        *(u32*)(dk + key * p.dk_row_stride + c) = FaElement::pack(acc_dk[nt][2 * half], acc_dk[nt][2 * half + 1]);
+                        *(u32*)(dv + key * p.dv_row_stride + c) = FaElement::pack(acc_dv[nt][2 * half], acc_dv[nt][2 * half + 1]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+extern "C" __global__ void flash_bwd_convert(const FlashBwdParams p) {
+    // One thread per (batch, row, head, column pair): dQ = sum over splits, in split order.
+    const long long pairs = (long long)p.batch * p.seqlen_q * p.heads_q * (p.head_dim / 2);
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < pairs; i += (long long)gridDim.x * blockDim.x) {
+        const int c = (int)(i % (p.head_dim / 2)) * 2;
+        long long rest = i / (p.head_dim / 2);
+        const int h = (int)(rest % p.heads_q);
+        rest /= p.heads_q;
+        const int r = (int)(rest % p.seqlen_q);
+        const int b = (int)(rest / p.seqlen_q);
+        const long long at = (((long long)b * p.seqlen_q + r) * p.heads_q + h) * p.head_dim + c;
+        float x = 0.f, y = 0.f;
+        for (int s = 0; s < p.splits; ++s) {
+            x += p.dq_accum[s * p.dq_accum_split_stride + at];
+            y += p.dq_accum[s * p.dq_accum_split_stride + at + 1];
+        }
+        u16* dq = (u16*)p.dq + b * p.dq_batch_stride + r * p.dq_row_stride + h * p.dq_head_stride + c;
+        *(u32*)dq = FaElement::pack(x, y);
+    }
+}
