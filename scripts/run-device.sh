@@ -15,7 +15,10 @@ export DOTNET_gcServer=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 status=0
 if [ "$what" = tests ] || [ "$what" = all ]; then
-  artifacts/device/tests/FlashAttention.Tests -noColor -result-trx "$out/tests.trx" -result-markdown "$out/tests.md" 2>&1 | tee "$out/tests.log" | tail -40
+  # TorchSharp's native library resolves against the machine's libtorch (DEVICE.md); only the tests need it.
+  torch_lib=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
+  LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    artifacts/device/tests/FlashAttention.Tests -noColor -result-trx "$out/tests.trx" -result-markdown "$out/tests.md" 2>&1 | tee "$out/tests.log" | tail -40
   status=${PIPESTATUS[0]}
 fi
 if { [ "$what" = bench ] || [ "$what" = all ]; } && [ -x artifacts/device/cli/flash-attn ]; then

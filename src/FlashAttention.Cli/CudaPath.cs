@@ -4,7 +4,7 @@ using FlashAttn.Cuda;
 namespace FlashAttn.Cli;
 
 /// <summary>The CUDA path: host tensors uploaded, the FlashAttention-2 kernels on the GPU, results downloaded.
-/// Forward only for now (backward and dropout, softcap, ALiBi on the GPU come with later work).</summary>
+/// Dropout, softcap and ALiBi, and backward beyond head dim 128, are not in the GPU kernels yet.</summary>
 internal sealed class CudaPath(CudaDevice device) : IExecutionPath
 {
     public CudaDevice Device => device;
@@ -18,7 +18,7 @@ internal sealed class CudaPath(CudaDevice device) : IExecutionPath
         : options.DropoutProbability > 0 || options.Softcap > 0 || options.AlibiSlopes is not null ? "not in the CUDA kernel yet"
         : null;
 
-    public bool HasBackward => false;
+    public bool HasBackward(int headDim) => headDim <= 128;
 
     public AttentionResult<T> Forward<T>(Tensor<T> q, Tensor<T> k, Tensor<T> v, AttentionOptions options, CancellationToken ct) where T : unmanaged
     {
@@ -38,6 +38,15 @@ internal sealed class CudaPath(CudaDevice device) : IExecutionPath
     }
 
     public AttentionGradients<T> Backward<T>(Tensor<T> dOut, Tensor<T> q, Tensor<T> k, Tensor<T> v, Tensor<T> output, Tensor<float> logSumExp,
-        AttentionOptions options, DropoutState? dropoutState, CancellationToken ct) where T : unmanaged =>
-        throw new NotSupportedException("the CUDA backward kernels are not built yet");
+        AttentionOptions options, DropoutState? dropoutState, CancellationToken ct) where T : unmanaged
+    {
+        using var dd = CudaTensor<T>.FromHost(dOut, device);
+        using var dq = CudaTensor<T>.FromHost(q, device);
+        using var dk = CudaTensor<T>.FromHost(k, device);
+        using var dv = CudaTensor<T>.FromHost(v, device);
+        using var o = CudaTensor<T>.FromHost(output, device);
+        using var lse = CudaTensor<float>.FromHost(logSumExp, device);
+        using var grads = FlashAttention.Backward(dd, dq, dk, dv, o, lse, options, dropoutState);
+        return new AttentionGradients<T>(grads.DQ.ToHost(), grads.DK.ToHost(), grads.DV.ToHost());
+    }
 }

@@ -55,10 +55,12 @@ internal static class BenchCommand
                     dims ?? (isQuick ? [128] : [64, 128, 256]),
                     lengths ?? (isQuick ? [1024] : [512, 1024, 2048, 4096, 8192, 16384]),
                     causalFlags,
+                    Tokens(modes) is { } gm ? BenchSettings.ParseNames(gm, "--modes", BenchCase.Modes) : isQuick ? ["fwd"] : ["fwd", "fwdbwd"],
                     outDir,
                     parseResult.GetValue(plot),
                     parseResult.GetValue(peers) ?? Path.Combine("bench", "peers", "torch_sdpa.py"),
-                    !parseResult.GetValue(noUnfused));
+                    !parseResult.GetValue(noUnfused),
+                    SeedMemory: !isQuick);
                 return Gpu.GpuBenchRun.Execute(gpu.Device, gpuSettings, ct);
             }
 

@@ -14,15 +14,17 @@ namespace FlashAttn.Cli.Gpu;
 internal static class GpuBenchRun
 {
     public sealed record Settings(IReadOnlyList<string> Dtypes, IReadOnlyList<int> HeadDims, IReadOnlyList<int> Seqlens, IReadOnlyList<bool> Causal,
-        string? OutputDirectory, string? PlotPath, string PeerScript, bool Unfused);
+        IReadOnlyList<string> Modes, string? OutputDirectory, string? PlotPath, string PeerScript, bool Unfused, bool SeedMemory);
 
     public static int Execute(CudaDevice device, Settings settings, CancellationToken ct)
     {
         string run = ResultsFile.FormatRun(DateTime.UtcNow);
         var slug = DeviceSlug(device.Name);
         AnsiConsole.MarkupLine($"CUDA GPU: [bold]{Markup.Escape(device.Name)}[/] ({device.Architecture}, {device.MultiprocessorCount} SMs); results as {slug}");
-        var cases = GpuBenchCase.Sweep(settings.Dtypes, settings.HeadDims, settings.Seqlens, settings.Causal).ToList();
+        var cases = GpuBenchCase.Sweep(settings.Dtypes, settings.HeadDims, settings.Seqlens, settings.Causal, settings.Modes).ToList();
+        if (settings.SeedMemory) cases.Add(GpuBenchCase.Seed);
         var rows = new List<BenchRow>();
+        var skipped = new List<string>();
         var stream = CudaStream.Legacy;
         var random = new Random(1234);
         AnsiConsole.Progress().AutoClear(false)
@@ -34,17 +36,27 @@ internal static class GpuBenchRun
                 {
                     ct.ThrowIfCancellationRequested();
                     task.Description = c.Label;
-                    rows.AddRange(c.Dtype == "fp16" ? Measure<Half>(c, device, stream, random, settings.Unfused, run) : Measure<BFloat16>(c, device, stream, random, settings.Unfused, run));
+                    try
+                    {
+                        rows.AddRange(c.Dtype == "fp16" ? Measure<Half>(c, device, stream, random, settings.Unfused, run) : Measure<BFloat16>(c, device, stream, random, settings.Unfused, run));
+                    }
+                    catch (NotSupportedException error)
+                    {
+                        skipped.Add($"{c.Label}: {error.Message}");
+                    }
                     task.Increment(1);
                 }
             });
 
+        foreach (var note in skipped) AnsiConsole.MarkupLine($"[yellow]skipped:[/] {Markup.Escape(note)}");
         AnsiConsole.MarkupLine("Running the PyTorch peers on the same shapes...");
         var peers = TorchPeers.Run(settings.PeerScript, cases, run, TimeSpan.FromMinutes(8));
         if (peers.Note is not null) AnsiConsole.MarkupLine($"[yellow]note:[/] {Markup.Escape(peers.Note)}");
         rows.AddRange(peers.Rows.Select(PeerRow));
 
-        AnsiConsole.Write(Table(rows));
+        foreach (var mode in rows.Select(r => r.Mode).Distinct())
+            AnsiConsole.Write(Table(rows.Where(r => r.Mode == mode && !IsSeed(r)).ToList(), mode));
+        if (settings.SeedMemory) AnsiConsole.Write(MemoryTable(rows.Where(IsSeed).ToList()));
         if (settings.OutputDirectory is { } directory)
         {
             var saved = ResultsFile.Save(directory, slug, rows);
@@ -65,8 +77,8 @@ internal static class GpuBenchRun
         var rows = new List<BenchRow>();
         using var work = new GpuWorkloads<T>(c, device, random);
         var (ms, runs) = GpuTimer.Median(work.Ours(stream), stream);
-        rows.Add(Row("ours", c, ms, runs, device.Name, run, workspaceMib: 0));
-        if (unfused)
+        rows.Add(Row("ours", c, ms, runs, device.Name, run, c.Mode == "fwd" ? 0 : work.OursWorkspaceMib(stream)));
+        if (unfused && c.Mode != "bwd")
         {
             long workspace = 0;
             try
@@ -82,9 +94,21 @@ internal static class GpuBenchRun
         return rows;
     }
 
+    private static bool IsSeed(BenchRow r) => r.Dtype == "fp16" && r.Batch == 4 && r.SeqlenQ == 4096 && r.Heads == 32 && r.Mode == "fwdbwd";
+
+    /// <summary>The article's memory figure: device memory beyond inputs and outputs for forward+backward at the seed shape.</summary>
+    private static Table MemoryTable(IReadOnlyList<BenchRow> rows)
+    {
+        var table = new Table().Title("seed shape (b4 s4096 h32 d128 fp16 causal) forward+backward: workspace beyond q, k, v, dO, O, dQ, dK, dV")
+            .AddColumns("impl").AddColumn(new TableColumn("workspace MiB").RightAligned()).AddColumn(new TableColumn("ms").RightAligned());
+        foreach (var r in rows.OrderBy(r => r.Impl))
+            table.AddRow(r.Impl, (r.WorkspaceMib ?? double.NaN).ToString("0", CultureInfo.InvariantCulture), r.Ms.ToString("0.00", CultureInfo.InvariantCulture));
+        return table;
+    }
+
     private static BenchRow Row(string impl, GpuBenchCase c, double ms, int runs, string device, string run, double workspaceMib) => new()
     {
-        Impl = impl, Mode = GpuBenchCase.Mode, Dtype = c.Dtype, Batch = c.Batch, SeqlenQ = c.Seqlen, SeqlenK = c.Seqlen, Heads = c.Heads, HeadsKv = c.Heads,
+        Impl = impl, Mode = c.Mode, Dtype = c.Dtype, Batch = c.Batch, SeqlenQ = c.Seqlen, SeqlenK = c.Seqlen, Heads = c.Heads, HeadsKv = c.Heads,
         Headdim = c.HeadDim, Causal = c.Causal, Ms = Math.Round(ms, 4), Tflops = Math.Round(c.Flops / ms / 1e9, 1), Device = device, Run = run,
         Gflops = Math.Round(c.Flops / ms / 1e6, 0), FmaPeakGflops = 0, Runs = runs, Vector = "cuda", WorkspaceMib = Math.Round(workspaceMib, 1),
     };
@@ -103,10 +127,10 @@ internal static class GpuBenchRun
     }
 
     /// <summary>One line per shape: TFLOP/s of each impl and our ratio to each peer.</summary>
-    private static Table Table(IReadOnlyList<BenchRow> rows)
+    private static Table Table(IReadOnlyList<BenchRow> rows, string mode)
     {
         string[] impls = ["ours", "unfused", "torch-flash", "torch-cudnn", "torch-math"];
-        var table = new Table().Title("forward TFLOP/s (ratios: ours / peer)").AddColumns("dtype", "d", "seqlen", "causal");
+        var table = new Table().Title($"{mode} TFLOP/s (ratios: ours / peer)").AddColumns("dtype", "d", "seqlen", "causal");
         foreach (var impl in impls) table.AddColumn(new TableColumn(impl).RightAligned());
         table.AddColumn(new TableColumn("vs flash").RightAligned()).AddColumn(new TableColumn("vs cuDNN").RightAligned()).AddColumn(new TableColumn("vs unfused").RightAligned());
         foreach (var shape in rows.GroupBy(r => (r.Dtype, r.Headdim, r.SeqlenQ, r.Causal)).OrderBy(g => g.Key.Dtype).ThenBy(g => g.Key.Headdim).ThenBy(g => g.Key.Causal).ThenBy(g => g.Key.SeqlenQ))

@@ -18,8 +18,8 @@ internal sealed record BackwardVariant(int HeadDimBucket, bool BFloat16, bool De
 
     public string Name => $"flash_bwd_hdim{HeadDimBucket}_{(BFloat16 ? "bf16" : "fp16")}{(Deterministic ? "_deterministic" : "")}";
 
-    /// <summary>K, V, Q, dO tiles, the dS tile and the per-query LSE and D.</summary>
-    public int SharedMemoryBytes => (2 * BlockN + 2 * BlockM) * HeadDimBucket * 2 + BlockN * BlockM * 2 + 2 * BlockM * sizeof(float);
+    /// <summary>K, V and dS tiles, plus two stages of (Q, dO) tiles with their per-query LSE and D.</summary>
+    public int SharedMemoryBytes => (2 * BlockN + 4 * BlockM) * HeadDimBucket * 2 + BlockN * BlockM * 2 + 4 * BlockM * sizeof(float);
 
     public IReadOnlyList<string> CompilerDefines =>
     [

@@ -38,15 +38,14 @@ internal static class CudaBackward
             int keyBlocks = (sk + BackwardVariant.BlockN - 1) / BackwardVariant.BlockN;
             int splits = deterministic ? Math.Clamp((2 * device.MultiprocessorCount + hk * b - 1) / (hk * b), 1, Math.Max(1, keyBlocks)) : 1;
             long accumulatorStride = (long)b * sq * hq * paddedDim;
-            var delta = DeviceMemory.Allocate(Math.Max(1, (long)b * hq * sq) * sizeof(float));
-            temporaries.Add(delta);
-            var accumulators = DeviceMemory.Allocate(Math.Max(1, accumulatorStride * splits) * sizeof(float));
-            temporaries.Add(accumulators);
+            long deltaBytes = Align256((long)b * hq * sq * sizeof(float)), accumulatorBytes = accumulatorStride * splits * sizeof(float);
+            nint workspace = WorkspacePool.Rent(device, stream, deltaBytes + accumulatorBytes);
+            nint delta = workspace, accumulators = workspace + (nint)deltaBytes;
 
             var parameters = new FlashBackwardParams
             {
                 Q = qs.Pointer, K = ks.Pointer, V = vs.Pointer, O = os.Pointer, DOut = dos.Pointer,
-                DQ = dqs.Pointer, DK = dks.Pointer, DV = dvs.Pointer, Lse = lse.Pointer, Delta = delta.Pointer, DQAccum = accumulators.Pointer,
+                DQ = dqs.Pointer, DK = dks.Pointer, DV = dvs.Pointer, Lse = lse.Pointer, Delta = delta, DQAccum = accumulators,
                 QBatchStride = qs.StrideBatch, QRowStride = qs.StrideRow, QHeadStride = qs.StrideHead,
                 KBatchStride = ks.StrideBatch, KRowStride = ks.StrideRow, KHeadStride = ks.StrideHead,
                 VBatchStride = vs.StrideBatch, VRowStride = vs.StrideRow, VHeadStride = vs.StrideHead,
@@ -85,13 +84,15 @@ internal static class CudaBackward
             if (dqs != dq) HeadCopy.Copy(device, dqs, dq, b, sq, hq, paddedDim, shape.HeadDim, stream);
             if (dks != dk) HeadCopy.Copy(device, dks, dk, b, sk, hk, paddedDim, shape.HeadDim, stream);
             if (dvs != dv) HeadCopy.Copy(device, dvs, dv, b, sk, hk, paddedDim, shape.HeadDim, stream);
-            return delta.ByteLength + accumulators.ByteLength;
+            return deltaBytes + accumulatorBytes;
         }
         finally
         {
             foreach (var memory in temporaries) memory.Dispose(); // cuMemFree waits for the work that uses it
         }
     }
+
+    private static long Align256(long bytes) => (bytes + 255) / 256 * 256;
 
     /// <summary>seqlen_q = 0: no query sees any key, so dK = dV = 0.</summary>
     private static void ZeroKeyGradients(CudaDevice device, DeviceOperand dk, DeviceOperand dv, int batch, int rows, int heads, int dim, CudaStream stream)

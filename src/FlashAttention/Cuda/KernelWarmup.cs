@@ -8,7 +8,7 @@ public static class KernelWarmup
     /// <summary>One compiled variant: its name, registers per thread, spilled bytes, and the time it took.</summary>
     public sealed record Variant(string Name, int Registers, int LocalBytes, double Milliseconds);
 
-    /// <summary>Forward kernels for every head-dim bucket in fp16 and bf16, plus the head-copy kernel, compiled in parallel.</summary>
+    /// <summary>Forward and backward kernels for every head-dim bucket in fp16 and bf16, plus the head-copy kernel, compiled in parallel.</summary>
     public static IReadOnlyList<Variant> Run(CudaDevice device)
     {
         var jobs = new List<(string File, string Kernel, string Name, IReadOnlyList<string> Defines)>
@@ -20,6 +20,12 @@ public static class KernelWarmup
             {
                 var variant = ForwardVariant.For(bucket, bf16);
                 jobs.Add(("flash_fwd.cu", ForwardVariant.KernelName, variant.Name, variant.CompilerDefines));
+            }
+        foreach (int bucket in new[] { 64, 128 })
+            foreach (bool bf16 in new[] { false, true })
+            {
+                var variant = BackwardVariant.For(bucket, bf16, deterministic: false);
+                jobs.Add(("flash_bwd.cu", BackwardVariant.MainKernel, variant.Name, variant.CompilerDefines));
             }
         var results = new Variant[jobs.Count];
         Parallel.For(0, jobs.Count, i =>

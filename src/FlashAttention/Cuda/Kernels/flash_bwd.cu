@@ -117,11 +117,13 @@ __device__ __forceinline__ void gemm_frag_b(float (&acc)[kD / 8][4], const float
 }
 
 extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const FlashBwdParams p) {
+    // Shared memory: K, V (this CTA's key block), dS^T, then two stages of (Q, dO) tiles and their per-query LSE * log2(e)
+    // and D, so the next query block streams in while the current one is computed.
     extern __shared__ __align__(128) unsigned char smem[];
-    const u32 sK = smem_addr(smem), sV = sK + kBlockN * kRowBytes, sQ = sV + kBlockN * kRowBytes, sDO = sQ + kBlockM * kRowBytes;
-    const u32 sDS = sDO + kBlockM * kRowBytes;                     // dS^T [key][query], 16-bit, rows of kBlockM
-    float* sLse2 = (float*)(smem + (sDS - sK) + kBlockN * kBlockM * 2);  // LSE * log2(e) per query of the block
-    float* sDelta = sLse2 + kBlockM;
+    const u32 sK = smem_addr(smem), sV = sK + kBlockN * kRowBytes, sDS = sV + kBlockN * kRowBytes;
+    const u32 sStage0 = sDS + kBlockN * kBlockM * 2;
+    constexpr u32 kStageBytes = 2 * kBlockM * kRowBytes;
+    float* sScalars = (float*)(smem + (sStage0 - sK) + 2 * kStageBytes);   // [stage][LSE2 | D][kBlockM]
 
     const int head_kv = blockIdx.y, batch = blockIdx.z;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
@@ -156,26 +158,33 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
 #pragma unroll
             for (int c = 0; c < 4; ++c) acc_dk[i][c] = acc_dv[i][c] = 0.f;
 
-        for (int head = head_kv * group; head < (head_kv + 1) * group; ++head) {
-            const u16* q_base = (const u16*)p.q + batch * p.q_batch_stride + head * p.q_head_stride;
-            const u16* do_base = (const u16*)p.dout + batch * p.do_batch_stride + head * p.do_head_stride;
-            const float* lse = p.lse + batch * p.lse_batch_stride + head * p.lse_head_stride;
-            const float* delta = p.delta + batch * p.lse_batch_stride + head * p.lse_head_stride;
-            for (int m_block = m_first; m_block <= m_last; ++m_block) {
-                const int q0 = m_block * kBlockM;
-                __syncthreads();  // every warp is done with the previous Q, dO, dS tiles
-                load_tile<kD, kBlockM, kThreads>(sQ, q_base, p.q_row_stride, q0, seqlen_q, p.head_dim, tid);
-                load_tile<kD, kBlockM, kThreads>(sDO, do_base, p.do_row_stride, q0, seqlen_q, p.head_dim, tid);
-                cp_async_commit();
-                if (tid < kBlockM) {
-                    const int q = q0 + tid;
-                    // Padded query rows: LSE = +inf makes their P exactly 0.
-                    sLse2[tid] = q < seqlen_q ? lse[q] * kLog2e : FA_INF;
-                    sDelta[tid] = q < seqlen_q ? delta[q] : 0.f;
-                }
-                cp_async_wait<0>();
-                __syncthreads();
-
+        // One flat loop over (query head of the group, query block), double-buffered: stage it % 2 holds block it.
+        const int m_count = m_last - m_first + 1, iterations = m_count > 0 ? group * m_count : 0;
+        auto load_stage = [&](int it) {
+            const int head = head_kv * group + it / m_count, q0 = (m_first + it % m_count) * kBlockM;
+            const u32 sQn = sStage0 + (it % 2) * kStageBytes, sDOn = sQn + kBlockM * kRowBytes;
+            load_tile<kD, kBlockM, kThreads>(sQn, (const u16*)p.q + batch * p.q_batch_stride + head * p.q_head_stride, p.q_row_stride, q0, seqlen_q, p.head_dim, tid);
+            load_tile<kD, kBlockM, kThreads>(sDOn, (const u16*)p.dout + batch * p.do_batch_stride + head * p.do_head_stride, p.do_row_stride, q0, seqlen_q, p.head_dim, tid);
+            cp_async_commit();
+            if (tid < kBlockM) {
+                const int q = q0 + tid;
+                const long long at = batch * p.lse_batch_stride + head * p.lse_head_stride + q;
+                float* scalars = sScalars + (it % 2) * 2 * kBlockM;
+                // Padded query rows: LSE = +inf makes their P exactly 0.
+                scalars[tid] = q < seqlen_q ? p.lse[at] * kLog2e : FA_INF;
+                scalars[kBlockM + tid] = q < seqlen_q ? p.delta[at] : 0.f;
+            }
+        };
+        if (iterations > 0) load_stage(0);
+        for (int it = 0; it < iterations; ++it) {
+            const int head = head_kv * group + it / m_count, q0 = (m_first + it % m_count) * kBlockM;
+            const u32 sQ = sStage0 + (it % 2) * kStageBytes, sDO = sQ + kBlockM * kRowBytes;
+            const float* sLse2 = sScalars + (it % 2) * 2 * kBlockM;
+            const float* sDelta = sLse2 + kBlockM;
+            cp_async_wait<0>();
+            __syncthreads();  // stage it (and K, V) landed; every warp is done with stage it - 1 and with dS
+            if (it + 1 < iterations) load_stage(it + 1);
+            {
                 // S^T = K Q^T for this warp's 16 keys, then P^T = exp2(S^T * scale*log2e - LSE*log2e).
                 float acc_s[kBlockM / 8][4];
 #pragma unroll
