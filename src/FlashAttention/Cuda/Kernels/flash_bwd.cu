@@ -194,11 +194,13 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
                     || (p.window_right >= 0 && key0 + kBlockN - 1 > q0 + offset + p.window_right)
                     || (p.window_left >= 0 && key0 < q0 + kBlockM - 1 + offset - p.window_left);
 #pragma unroll
-                for (int nt = 0; nt < kBlockM / 8; ++nt)
+                for (int nt = 0; nt < kBlockM / 8; ++nt) {
+                    // This thread's two query columns of the n-tile: one 8-byte shared load for both LSEs.
+                    const float2 lse2 = *(const float2*)(sLse2 + nt * 8 + 2 * t);
 #pragma unroll
                     for (int i = 0; i < 4; ++i) {
                         const int qi = nt * 8 + 2 * t + (i & 1);
-                        float x = fmaf(acc_s[nt][i], p.scale_log2, -sLse2[qi]);
+                        float x = fmaf(acc_s[nt][i], p.scale_log2, -((i & 1) ? lse2.y : lse2.x));
                         if (need_mask) {
                             const int key = key0 + warp * 16 + g + (i >= 2 ? 8 : 0), diagonal = q0 + qi + offset;
                             const bool hidden = key >= seqlen_k || (p.window_right >= 0 && key > diagonal + p.window_right)
@@ -207,6 +209,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
                         }
                         acc_s[nt][i] = fast_exp2(x);
                     }
+                }
 
                 // dP^T = V dO^T
                 float acc_dp[kBlockM / 8][4];
@@ -219,10 +222,12 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
 
                 // dS^T = P^T * (dP^T - D) * scale (in place in acc_dp)
 #pragma unroll
-                for (int nt = 0; nt < kBlockM / 8; ++nt)
+                for (int nt = 0; nt < kBlockM / 8; ++nt) {
+                    const float2 d = *(const float2*)(sDelta + nt * 8 + 2 * t);
 #pragma unroll
                     for (int i = 0; i < 4; ++i)
-                        acc_dp[nt][i] = acc_s[nt][i] * (acc_dp[nt][i] - sDelta[nt * 8 + 2 * t + (i & 1)]) * p.scale;
+                        acc_dp[nt][i] = acc_s[nt][i] * (acc_dp[nt][i] - ((i & 1) ? d.y : d.x)) * p.scale;
+                }
 
                 // dK += dS^T Q
                 gemm_frag_b<kBlockM / 8>(acc_dk, acc_dp, sQ, lo);
@@ -268,6 +273,9 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
 #if FA_DETERMINISTIC
                                 row[c] += acc_dq[nt][2 * half];
                                 row[c + 1] += acc_dq[nt][2 * half + 1];
+#elif __CUDA_ARCH__ >= 900
+                                // sm_90: one vector reduction for the thread's two adjacent columns (half the atomics).
+                                asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" :: "l"(row + c), "f"(acc_dq[nt][2 * half]), "f"(acc_dq[nt][2 * half + 1]) : "memory");
 #else
                                 atomicAdd(row + c, acc_dq[nt][2 * half]);
                                 atomicAdd(row + c + 1, acc_dq[nt][2 * half + 1]);
