@@ -35,7 +35,7 @@ internal static class CudaBackward
             var (qs, ks, vs, os, dos) = (In(q, sq, hq), In(k, sk, hk), In(v, sk, hk), In(output, sq, hq), In(dOut, sq, hq));
             var (dqs, dks, dvs) = (Out(dq, sq, hq), Out(dk, sk, hk), Out(dv, sk, hk));
 
-            int keyBlocks = (sk + BackwardVariant.BlockN - 1) / BackwardVariant.BlockN;
+            int keyBlocks = (sk + variant.BlockN - 1) / variant.BlockN;
             int splits = deterministic ? Math.Clamp((2 * device.MultiprocessorCount + hk * b - 1) / (hk * b), 1, Math.Max(1, keyBlocks)) : 1;
             long accumulatorStride = (long)b * sq * hq * paddedDim;
             long deltaBytes = Align256((long)b * hq * sq * sizeof(float)), accumulatorBytes = accumulatorStride * splits * sizeof(float);
@@ -73,7 +73,7 @@ internal static class CudaBackward
             uint prepareBlocks = (uint)Math.Clamp((rowsTimesWarp + 255) / 256, 1, 1L << 20);
             prepare.Launch(parameters, (prepareBlocks, 1, 1), (256, 1, 1), 0, stream);
             if (sq > 0 && sk > 0)
-                main.Launch(parameters, ((uint)(deterministic ? splits : keyBlocks), (uint)hk, (uint)b), ((uint)BackwardVariant.Threads, 1, 1),
+                main.Launch(parameters, ((uint)(deterministic ? splits : keyBlocks), (uint)hk, (uint)b), ((uint)variant.Threads, 1, 1),
                     variant.SharedMemoryBytes, stream);
             else if (sk > 0)
                 ZeroKeyGradients(device, dks, dvs, b, sk, hk, paddedDim, stream);

@@ -9,7 +9,7 @@
 //                      dS goes through shared memory for dQ += dS K, added to fp32 accumulators (atomics, or plain
 //                      adds into the split's own buffer when deterministic);
 //   flash_bwd_convert: dQ = sum of the splits' accumulators in order, converted to 16 bits.
-// Variant (-D options): FA_HEAD_DIM (64, 128), FA_BF16, FA_DETERMINISTIC.
+// Variant (-D options): FA_HEAD_DIM (64, 128), FA_BLOCK_N (64 or 128 keys per CTA), FA_BF16, FA_DETERMINISTIC.
 #include "fa_ptx.cuh"
 #include "fa_bwd_params.cuh"
 #include "fa_tile.cuh"
@@ -22,11 +22,20 @@ typedef Fp16 FaElement;
 __device__ __forceinline__ float to_float(u16 x) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x)); return f; }
 #endif
 
+#ifndef FA_BLOCK_N
+#define FA_BLOCK_N 64
+#endif
+
 constexpr int kD = FA_HEAD_DIM;
-constexpr int kBlockN = 64;            // keys per CTA (16 per warp)
+constexpr int kBlockN = FA_BLOCK_N;    // keys per CTA (16 per warp): 64 or 128
 constexpr int kBlockM = 64;            // queries per iteration
-constexpr int kWarps = 4;
+constexpr int kWarps = kBlockN / 16;
 constexpr int kThreads = kWarps * 32;
+// dQ = dS K: 16 query rows per warp row group; with more warps than row groups, warps split the head dim.
+constexpr int kDqRowGroups = kBlockM / 16;
+constexpr int kDqSplitD = kWarps / kDqRowGroups;
+constexpr int kDqCols = kD / kDqSplitD;
+static_assert(kWarps % kDqRowGroups == 0 && kDqCols % 16 == 0, "dQ warp layout");
 constexpr int kRowBytes = kD * 2;
 
 // ---------------------------------------------------------------------------------------------------------
@@ -242,20 +251,23 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
                     }
                 __syncthreads();
 
-                // dQ rows [q0 + 16 warp, +16) += dS K: A = dS read transposed from [key][query], B = K read transposed.
-                float acc_dq[kD / 8][4];
+                // dQ rows [q0 + 16 r, +16), columns [col0, col0 + kDqCols) += dS K, with r = warp % row groups:
+                // A = dS read transposed from [key][query], B = K read transposed.
+                const int dq_group = warp % kDqRowGroups, dq_col0 = (warp / kDqRowGroups) * kDqCols;
+                float acc_dq[kDqCols / 8][4];
 #pragma unroll
-                for (int i = 0; i < kD / 8; ++i) acc_dq[i][0] = acc_dq[i][1] = acc_dq[i][2] = acc_dq[i][3] = 0.f;
+                for (int i = 0; i < kDqCols / 8; ++i) acc_dq[i][0] = acc_dq[i][1] = acc_dq[i][2] = acc_dq[i][3] = 0.f;
 #pragma unroll
                 for (int kk = 0; kk < kBlockN / 16; ++kk) {
                     // A[query][key] read transposed out of dS^T[key][query]: lane rows = keys kk*16 + (lane/16)*8 + lane%8,
-                    // chunk = queries 2*warp + (lane/8)%2 - the "b" offsets with j = warp - which yields a0..a3 in order.
+                    // chunk = queries 2*group + (lane/8)%2 - the "b" offsets with j = group - which yields a0..a3 in order.
                     u32 a[4];
-                    ldmatrix_x4_trans(a, sDS + lo64.b[warp] + kk * 16 * (kBlockM * 2));
+                    ldmatrix_x4_trans(a, sDS + lo64.b[dq_group] + kk * 16 * (kBlockM * 2));
 #pragma unroll
-                    for (int dp = 0; dp < kD / 16; ++dp) {
+                    for (int dp = 0; dp < kDqCols / 16; ++dp) {
+                        const int chunk = dq_col0 / 8 + 2 * dp;  // 16-byte chunk of the K row; even, so chunk % 8 / 2 = (chunk / 2) & 3
                         u32 b[4];
-                        ldmatrix_x4_trans(b, sK + lo.bt[dp & 3] + kk * 16 * kRowBytes + (dp >> 2) * 128);
+                        ldmatrix_x4_trans(b, sK + lo.bt[(chunk / 2) & 3] + kk * 16 * kRowBytes + (chunk / 8) * 128);
                         FaElement::mma(acc_dq[2 * dp], a, b);
                         FaElement::mma(acc_dq[2 * dp + 1], a, b + 2);
                     }
@@ -263,12 +275,12 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
                 float* dq_rows = dq_accum + (((long long)batch * seqlen_q) * p.heads_q + head) * p.head_dim;
 #pragma unroll
                 for (int half = 0; half < 2; ++half) {
-                    const int q = q0 + warp * 16 + g + 8 * half;
+                    const int q = q0 + dq_group * 16 + g + 8 * half;
                     if (q < seqlen_q) {
                         float* row = dq_rows + (long long)q * p.heads_q * p.head_dim;
 #pragma unroll
-                        for (int nt = 0; nt < kD / 8; ++nt) {
-                            const int c = nt * 8 + 2 * t;
+                        for (int nt = 0; nt < kDqCols / 8; ++nt) {
+                            const int c = dq_col0 + nt * 8 + 2 * t;
                             if (c < p.head_dim) {
 #if FA_DETERMINISTIC
                                 row[c] += acc_dq[nt][2 * half];
