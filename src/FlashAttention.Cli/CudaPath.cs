@@ -4,7 +4,7 @@ using FlashAttn.Cuda;
 namespace FlashAttn.Cli;
 
 /// <summary>The CUDA path: host tensors uploaded, the FlashAttention-2 kernels on the GPU, results downloaded.
-/// Dropout, softcap and ALiBi, and backward beyond head dim 128, are not in the GPU kernels yet.</summary>
+/// Softcap and ALiBi, and backward beyond head dim 128, are not in the GPU kernels yet.</summary>
 internal sealed class CudaPath(CudaDevice device) : IExecutionPath
 {
     public CudaDevice Device => device;
@@ -15,7 +15,7 @@ internal sealed class CudaPath(CudaDevice device) : IExecutionPath
 
     public string? ForwardGap(ElementType type, AttentionOptions options) =>
         type == ElementType.Fp32 ? "fp32 runs on the CPU path only"
-        : options.DropoutProbability > 0 || options.Softcap > 0 || options.AlibiSlopes is not null ? "not in the CUDA kernel yet"
+        : options.Softcap > 0 || options.AlibiSlopes is not null ? "not in the CUDA kernel yet"
         : null;
 
     public bool HasBackward(int headDim) => headDim <= 128;

@@ -13,8 +13,8 @@ public static partial class FlashAttention
     /// <param name="q">(batch, seqlen_q, heads_q, headdim), System.Half or BFloat16, headdim 1..256 and contiguous.</param>
     /// <param name="k">(batch, seqlen_k, heads_kv, headdim); heads_kv divides heads_q.</param>
     /// <param name="v">Same shape as k.</param>
-    /// <param name="options">Causal, scale and window are supported on the GPU; dropout, softcap, ALiBi and
-    /// returned probabilities are CPU-only for now and throw <see cref="NotSupportedException"/>.</param>
+    /// <param name="options">Causal, scale, window and dropout run on the GPU (dropout draws the same Philox mask as the
+    /// CPU path); softcap, ALiBi and returned probabilities are CPU-only for now and throw <see cref="NotSupportedException"/>.</param>
     /// <param name="stream">The stream to launch on; null for the legacy default stream.</param>
     public static CudaAttentionResult<T> Forward<T>(CudaTensor<T> q, CudaTensor<T> k, CudaTensor<T> v, AttentionOptions? options = null,
         CudaStream? stream = null) where T : unmanaged
@@ -26,8 +26,8 @@ public static partial class FlashAttention
         try
         {
             lse = CudaTensor<float>.Allocate(LseLengths(shape));
-            RunCudaForward(shape, options, q, k, v, output, lse, stream);
-            return new CudaAttentionResult<T>(output, lse, null);
+            var dropoutState = RunCudaForward(shape, options, q, k, v, output, lse, stream);
+            return new CudaAttentionResult<T>(output, lse, dropoutState);
         }
         catch
         {
@@ -48,7 +48,8 @@ public static partial class FlashAttention
     /// <param name="logSumExp">Receives the fp32 log-sum-exp, (batch, heads_q, seqlen_q), last dimension contiguous.</param>
     /// <param name="options">Attention options (see Forward).</param>
     /// <param name="stream">The stream to launch on; null for the legacy default stream.</param>
-    public static void ForwardInto<T>(CudaTensor<T> q, CudaTensor<T> k, CudaTensor<T> v, CudaTensor<T> output, CudaTensor<float> logSumExp,
+    /// <returns>The dropout state used (pass it to backward), or null when dropout is off.</returns>
+    public static DropoutState? ForwardInto<T>(CudaTensor<T> q, CudaTensor<T> k, CudaTensor<T> v, CudaTensor<T> output, CudaTensor<float> logSumExp,
         AttentionOptions? options = null, CudaStream? stream = null) where T : unmanaged
     {
         options ??= AttentionOptions.Default;
@@ -56,7 +57,7 @@ public static partial class FlashAttention
         ArgumentNullException.ThrowIfNull(output);
         ArgumentNullException.ThrowIfNull(logSumExp);
         ShapeValidator.Backward(shape, qa, Describe(output, nameof(output)), Describe(output, nameof(output)), Describe(logSumExp, nameof(logSumExp)));
-        RunCudaForward(shape, options, q, k, v, output, logSumExp, stream);
+        return RunCudaForward(shape, options, q, k, v, output, logSumExp, stream);
     }
 
     private static (ProblemShape Shape, TensorArg Q) ValidateCuda<T>(CudaTensor<T> q, CudaTensor<T> k, CudaTensor<T> v, AttentionOptions options)
@@ -69,21 +70,23 @@ public static partial class FlashAttention
             throw new ArgumentException($"element type {typeof(T).Name} is not supported by the CUDA kernels; use System.Half or FlashAttn.BFloat16 (float runs on the CPU path).", nameof(q));
         TensorArg qa = Describe(q, nameof(q)), ka = Describe(k, nameof(k)), va = Describe(v, nameof(v));
         var shape = ShapeValidator.Fixed(qa, ka, va, options, typeof(T));
-        if (options.DropoutProbability > 0f || options.Softcap > 0f || options.AlibiSlopes is not null || options.ReturnProbabilities)
-            throw new NotSupportedException("Dropout, softcap, ALiBi and ReturnProbabilities are not in the CUDA forward kernel yet; use host tensors (the CPU path) for them.");
+        if (options.Softcap > 0f || options.AlibiSlopes is not null || options.ReturnProbabilities)
+            throw new NotSupportedException("Softcap, ALiBi and ReturnProbabilities are not in the CUDA kernels yet; use host tensors (the CPU path) for them.");
         return (shape, qa);
     }
 
-    private static void RunCudaForward<T>(ProblemShape shape, AttentionOptions options, CudaTensor<T> q, CudaTensor<T> k, CudaTensor<T> v,
+    private static DropoutState? RunCudaForward<T>(ProblemShape shape, AttentionOptions options, CudaTensor<T> q, CudaTensor<T> k, CudaTensor<T> v,
         CudaTensor<T> output, CudaTensor<float> lse, CudaStream? stream) where T : unmanaged
     {
         var device = CudaDevice.Default;
         device.MakeCurrent();
-        var settings = AttentionSettings.Resolve(options, shape, null);
+        DropoutState? dropoutState = options.DropoutProbability > 0f ? options.DropoutState ?? DropoutState.Next() : null;
+        var settings = AttentionSettings.Resolve(options, shape, dropoutState);
         var lseStrides = lse.Strides;
         var lseOperand = new DeviceOperand(lse.DevicePointer, lseStrides[0], 1, lseStrides[1]);
         CudaForward.Run<T>(device, shape, settings, DeviceOperand.Of(q), DeviceOperand.Of(k), DeviceOperand.Of(v), DeviceOperand.Of(output),
             lseOperand, stream ?? CudaStream.Legacy);
+        return dropoutState;
     }
 
     private static TensorArg Describe<T>(CudaTensor<T> tensor, string name) where T : unmanaged =>

@@ -76,7 +76,11 @@ public static partial class FlashAttention
                 throw new ArgumentException($"must have k's shape {ka.ShapeText}; got ({string.Join(", ", gradient.Lengths.ToArray())}).", name);
         var device = CudaDevice.Default;
         device.MakeCurrent();
-        var settings = AttentionSettings.Resolve(options, shape, null);
+        DropoutState? state = null;
+        if (options.DropoutProbability > 0f)
+            state = dropoutState ?? options.DropoutState
+                ?? throw new ArgumentException("Dropout is on, so backward needs the Philox state forward used: pass the forward result's DropoutState.", nameof(dropoutState));
+        var settings = AttentionSettings.Resolve(options, shape, state);
         var lse = new DeviceOperand(logSumExp.DevicePointer, logSumExp.Strides[0], 1, logSumExp.Strides[1]);
         CudaBackward.Run<T>(device, shape, settings, options.Deterministic, DeviceOperand.Of(dOut), DeviceOperand.Of(q), DeviceOperand.Of(k),
             DeviceOperand.Of(v), DeviceOperand.Of(output), lse, DeviceOperand.Of(dq), DeviceOperand.Of(dk), DeviceOperand.Of(dv), stream ?? CudaStream.Legacy);

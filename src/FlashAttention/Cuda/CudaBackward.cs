@@ -18,10 +18,10 @@ internal static class CudaBackward
         DeviceOperand dv, CudaStream stream) where T : unmanaged
     {
         if (shape.IsVarlen) throw new NotSupportedException("varlen backward is not in the CUDA kernels yet; use the CPU path.");
-        if (settings.Dropout.Enabled || settings.Softcap > 0f || settings.AlibiSlopes is not null)
-            throw new NotSupportedException("dropout, softcap and ALiBi are not in the CUDA backward kernel yet; use the CPU path.");
+        if (settings.Softcap > 0f || settings.AlibiSlopes is not null)
+            throw new NotSupportedException("softcap and ALiBi are not in the CUDA backward kernel yet; use the CPU path.");
         if (shape.Batch == 0 || shape.HeadsQ == 0 || shape.MaxSeqlenQ == 0 && shape.MaxSeqlenK == 0) return 0;
-        var variant = BackwardVariant.For(shape.HeadDim, typeof(T) == typeof(BFloat16), deterministic);
+        var variant = BackwardVariant.For(shape.HeadDim, typeof(T) == typeof(BFloat16), deterministic, settings.Dropout.Enabled);
         int paddedDim = (shape.HeadDim + 7) / 8 * 8;
         bool pad = paddedDim != shape.HeadDim;
         int b = shape.Batch, sq = shape.MaxSeqlenQ, sk = shape.MaxSeqlenK, hq = shape.HeadsQ, hk = shape.HeadsKv;
@@ -39,8 +39,9 @@ internal static class CudaBackward
             int splits = deterministic ? Math.Clamp((2 * device.MultiprocessorCount + hk * b - 1) / (hk * b), 1, Math.Max(1, keyBlocks)) : 1;
             long accumulatorStride = (long)b * sq * hq * paddedDim;
             long deltaBytes = Align256((long)b * hq * sq * sizeof(float)), accumulatorBytes = accumulatorStride * splits * sizeof(float);
-            nint workspace = WorkspacePool.Rent(device, stream, deltaBytes + accumulatorBytes);
-            nint delta = workspace, accumulators = workspace + (nint)deltaBytes;
+            // Held until every launch that uses it is enqueued (see WorkspacePool: sequences on a stream must not interleave).
+            using var workspace = WorkspacePool.Rent(device, stream, deltaBytes + accumulatorBytes);
+            nint delta = workspace.Pointer, accumulators = workspace.Pointer + (nint)deltaBytes;
 
             var parameters = new FlashBackwardParams
             {
@@ -58,7 +59,7 @@ internal static class CudaBackward
                 DQAccumSplitStride = accumulatorStride,
                 Batch = b, HeadsQ = hq, HeadsKv = hk, HeadDim = paddedDim, SeqlenQ = sq, SeqlenK = sk,
                 WindowLeft = settings.WindowLeft, WindowRight = settings.WindowRight, Splits = splits,
-                Scale = settings.Scale, ScaleLog2 = settings.Scale * Log2E,
+                Scale = settings.Scale, ScaleLog2 = settings.Scale * Log2E, Dropout = DropoutKernelParams.From(settings.Dropout),
             };
             // The pre-pass reads D's strides from the LSE's: allocate D with the same (batch, head, row) layout.
             if (lse.StrideBatch != (long)hq * sq || lse.StrideHead != sq)

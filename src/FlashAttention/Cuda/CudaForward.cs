@@ -16,7 +16,7 @@ internal static class CudaForward
     {
         if (shape.Batch == 0 || shape.MaxSeqlenQ == 0 || shape.HeadsQ == 0) return;
         bool bf16 = typeof(T) == typeof(BFloat16);
-        var variant = ForwardVariant.For(shape.HeadDim, bf16);
+        var variant = ForwardVariant.For(shape.HeadDim, bf16, settings.Dropout.Enabled);
         var kernel = KernelLibrary.Get(device, "flash_fwd.cu", ForwardVariant.KernelName, variant.Name, variant.CompilerDefines);
         kernel.SetMaxDynamicSharedMemory(variant.SharedMemoryBytes);
 
@@ -45,7 +45,7 @@ internal static class CudaForward
                 Batch = shape.Batch, HeadsQ = shape.HeadsQ, HeadsKv = shape.HeadsKv, HeadDim = paddedDim,
                 SeqlenQ = shape.MaxSeqlenQ, SeqlenK = shape.MaxSeqlenK,
                 WindowLeft = settings.WindowLeft, WindowRight = settings.WindowRight,
-                ScaleLog2 = settings.Scale * Log2E, Scale = settings.Scale,
+                ScaleLog2 = settings.Scale * Log2E, Scale = settings.Scale, Dropout = DropoutKernelParams.From(settings.Dropout),
             };
             uint blocksM = (uint)((shape.MaxSeqlenQ + variant.BlockM - 1) / variant.BlockM);
             kernel.Launch(parameters, (blocksM, (uint)shape.HeadsQ, (uint)shape.Batch), ((uint)variant.Threads, 1, 1), variant.SharedMemoryBytes, stream);

@@ -22,4 +22,5 @@ internal struct FlashBackwardParams
     public int WindowLeft, WindowRight;
     public int Splits;
     public float Scale, ScaleLog2;
+    public DropoutKernelParams Dropout;
 }

@@ -16,6 +16,22 @@ internal struct FlashForwardParams
     public int SeqlenQ, SeqlenK;
     public int WindowLeft, WindowRight;
     public float ScaleLog2, Scale;
+    public DropoutKernelParams Dropout;
+}
+
+/// <summary>Mirror of <c>DropoutParams</c> in Kernels/fa_dropout.cuh.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct DropoutKernelParams
+{
+    public uint SeedLo, SeedHi, Offset, KeepThreshold;
+    public float KeepScale;
+    public int Enabled;
+
+    public static DropoutKernelParams From(Dropout.DropoutMask mask) => new()
+    {
+        SeedLo = mask.Key0, SeedHi = mask.Key1, Offset = mask.Offset, KeepThreshold = mask.KeepThreshold,
+        KeepScale = mask.KeepScale, Enabled = mask.Enabled ? 1 : 0,
+    };
 }
 
 /// <summary>Mirror of <c>CopyHeadsParams</c> in Kernels/copy_heads.cu.</summary>

@@ -19,7 +19,8 @@ internal readonly struct DropoutMask
     public readonly float Probability;
     public readonly uint KeepThreshold;
     public readonly float KeepScale;
-    private readonly uint _key0, _key1, _offset;
+    /// <summary>The Philox key (seed) and the counter's offset word, as the CUDA kernels take them.</summary>
+    public readonly uint Key0, Key1, Offset;
     private readonly int _headsQ;
 
     public DropoutMask(float probability, DropoutState state, int headsQ)
@@ -27,9 +28,9 @@ internal readonly struct DropoutMask
         Probability = probability;
         KeepThreshold = ThresholdFor(probability);
         KeepScale = probability > 0f ? 1f / (1f - probability) : 1f;
-        _key0 = (uint)state.Seed;
-        _key1 = (uint)(state.Seed >> 32);
-        _offset = (uint)state.Offset;
+        Key0 = (uint)state.Seed;
+        Key1 = (uint)(state.Seed >> 32);
+        Offset = (uint)state.Offset;
         _headsQ = headsQ;
     }
 
@@ -45,7 +46,7 @@ internal readonly struct DropoutMask
         uint stream = (uint)(batch * _headsQ + head);
         for (int c = 0; c < keep.Length; c += 4)
         {
-            var (r0, r1, r2, r3) = Philox4x32.Generate((uint)((col0 + c) >> 2), (uint)row, stream, _offset, _key0, _key1);
+            var (r0, r1, r2, r3) = Philox4x32.Generate((uint)((col0 + c) >> 2), (uint)row, stream, Offset, Key0, Key1);
             Set(keep, c, r0);
             Set(keep, c + 1, r1);
             Set(keep, c + 2, r2);
@@ -56,7 +57,7 @@ internal readonly struct DropoutMask
     /// <summary>Whether one element is kept (the scalar form of <see cref="FillRow"/>).</summary>
     public bool IsKept(int batch, int head, int row, int col)
     {
-        var (r0, r1, r2, r3) = Philox4x32.Generate((uint)(col >> 2), (uint)row, (uint)(batch * _headsQ + head), _offset, _key0, _key1);
+        var (r0, r1, r2, r3) = Philox4x32.Generate((uint)(col >> 2), (uint)row, (uint)(batch * _headsQ + head), Offset, Key0, Key1);
         uint r = (col & 3) switch { 0 => r0, 1 => r1, 2 => r2, _ => r3 };
         return r >= KeepThreshold;
     }

@@ -65,6 +65,27 @@ public sealed class CudaBackwardTests
         Assert.NotNull(device);
     }
 
+    /// <summary>Host threads launching backward concurrently on one stream share its pooled workspace; their launch
+    /// sequences must not interleave (a bug this test caught: one call's dQ summed another's accumulators).</summary>
+    [Fact]
+    public void ConcurrentBackwardCallsOnOneStreamMatchSequentialOnes()
+    {
+        GpuRequirement.SkipIfUnavailable();
+        var options = new AttentionOptions { Causal = true, Deterministic = true };
+        var cases = new[] { new Problem(1, 64, 64, 2, 2, 64), new Problem(2, 300, 300, 4, 2, 128), new Problem(1, 1000, 700, 2, 1, 128), new Problem(2, 129, 257, 2, 2, 40) }
+            .Select(p => Inputs<Half>.Create(p)).ToArray();
+        var forwards = cases.Select(inputs => ForwardOnGpu(inputs, options)).ToArray();
+        var sequential = cases.Select((inputs, i) => Flat(BackwardOnGpu(inputs, options, forwards[i]))).ToArray();
+        var concurrent = new ushort[cases.Length * 4][];
+        Parallel.For(0, concurrent.Length, new ParallelOptions { MaxDegreeOfParallelism = 8 }, i =>
+        {
+            int which = i % cases.Length;
+            concurrent[i] = Flat(BackwardOnGpu(cases[which], options, forwards[which]));
+        });
+        for (int i = 0; i < concurrent.Length; i++)
+            Assert.True(sequential[i % cases.Length].AsSpan().SequenceEqual(concurrent[i]), $"concurrent call {i} ({cases[i % cases.Length].Problem}) differs from the sequential result");
+    }
+
     [Fact]
     public void HeadDimsOverTheKernelsRangeAreRejectedClearly()
     {
@@ -75,16 +96,16 @@ public sealed class CudaBackwardTests
         Assert.Contains("CPU path", error.Message);
     }
 
-    private static AttentionResult<T> ForwardOnGpu<T>(Inputs<T> inputs, AttentionOptions options) where T : unmanaged
+    internal static AttentionResult<T> ForwardOnGpu<T>(Inputs<T> inputs, AttentionOptions options) where T : unmanaged
     {
         using var q = CudaTensor<T>.FromHost(inputs.QTensor);
         using var k = CudaTensor<T>.FromHost(inputs.KTensor);
         using var v = CudaTensor<T>.FromHost(inputs.VTensor);
         using var result = FlashAttention.Forward(q, k, v, options);
-        return new AttentionResult<T>(result.Output.ToHost(), result.LogSumExp.ToHost(), null, null);
+        return new AttentionResult<T>(result.Output.ToHost(), result.LogSumExp.ToHost(), result.DropoutState, null);
     }
 
-    private static AttentionGradients<T> BackwardOnGpu<T>(Inputs<T> inputs, AttentionOptions options, AttentionResult<T> forward) where T : unmanaged
+    internal static AttentionGradients<T> BackwardOnGpu<T>(Inputs<T> inputs, AttentionOptions options, AttentionResult<T> forward) where T : unmanaged
     {
         var p = inputs.Problem;
         using var q = CudaTensor<T>.FromHost(inputs.QTensor);

@@ -1,6 +1,7 @@
 // Backward kernel parameters. The C# struct FlashBackwardParams mirrors this layout field for field
 // (8-byte fields first, then 4-byte ones).
 #pragma once
+#include "fa_dropout.cuh"
 
 struct FlashBwdParams {
     const void* q; const void* k; const void* v; const void* o; const void* dout;
@@ -23,4 +24,5 @@ struct FlashBwdParams {
     int window_left, window_right;
     int splits;                        // deterministic: CTAs per (kv head, batch), each owning one dQ buffer
     float scale, scale_log2;
+    DropoutParams dropout;             // used when compiled with FA_DROPOUT
 };

@@ -1,6 +1,7 @@
 // Kernel parameters. The C# struct FlashForwardParams mirrors this layout field for field:
 // all 8-byte fields first, then the 4-byte ones, so both sides agree on padding.
 #pragma once
+#include "fa_dropout.cuh"
 
 struct FlashFwdParams {
     const void* q; const void* k; const void* v;
@@ -18,4 +19,5 @@ struct FlashFwdParams {
     int window_left, window_right;                            // -1 = unlimited; causal sets right = 0
     float scale_log2;                                          // softmax_scale * log2(e)
     float scale;                                               // softmax_scale
+    DropoutParams dropout;                                     // used when compiled with FA_DROPOUT
 };

@@ -9,7 +9,7 @@
 //                      dS goes through shared memory for dQ += dS K, added to fp32 accumulators (atomics, or plain
 //                      adds into the split's own buffer when deterministic);
 //   flash_bwd_convert: dQ = sum of the splits' accumulators in order, converted to 16 bits.
-// Variant (-D options): FA_HEAD_DIM (64, 128), FA_BLOCK_N (64 or 128 keys per CTA), FA_BF16, FA_DETERMINISTIC.
+// Variant (-D options): FA_HEAD_DIM (64, 128), FA_BLOCK_N (64 or 128 keys per CTA), FA_BF16, FA_DETERMINISTIC, FA_DROPOUT.
 #include "fa_ptx.cuh"
 #include "fa_bwd_params.cuh"
 #include "fa_tile.cuh"
@@ -24,6 +24,9 @@ __device__ __forceinline__ float to_float(u16 x) { float f; asm("cvt.f32.f16 %0,
 
 #ifndef FA_BLOCK_N
 #define FA_BLOCK_N 64
+#endif
+#ifndef FA_DROPOUT
+#define FA_DROPOUT 0
 #endif
 
 constexpr int kD = FA_HEAD_DIM;
@@ -106,15 +109,17 @@ __device__ __forceinline__ void gemm_abt(float (&acc)[NT][4], u32 sA, int a_row0
 
 // acc (16 x D) += P (16 x 8*KT, held as C fragments `frag`) * B where B is the (8*KT x D) tile sB read transposed:
 // the "O += P V" shape, used for dV += P^T dO and dK += dS^T Q.
-template <int KT>
+// kPositivePart: use max(frag, 0) (dropout stores dropped probabilities negated; dV takes the kept ones).
+template <int KT, bool kPositivePart = false>
 __device__ __forceinline__ void gemm_frag_b(float (&acc)[kD / 8][4], const float (&frag)[KT][4], u32 sB, const LaneOffsets& lo) {
+    auto v = [](float x) { return kPositivePart ? fmaxf(x, 0.f) : x; };
 #pragma unroll
     for (int kk = 0; kk < KT / 2; ++kk) {
         u32 a[4];
-        a[0] = FaElement::pack(frag[2 * kk][0], frag[2 * kk][1]);
-        a[1] = FaElement::pack(frag[2 * kk][2], frag[2 * kk][3]);
-        a[2] = FaElement::pack(frag[2 * kk + 1][0], frag[2 * kk + 1][1]);
-        a[3] = FaElement::pack(frag[2 * kk + 1][2], frag[2 * kk + 1][3]);
+        a[0] = FaElement::pack(v(frag[2 * kk][0]), v(frag[2 * kk][1]));
+        a[1] = FaElement::pack(v(frag[2 * kk][2]), v(frag[2 * kk][3]));
+        a[2] = FaElement::pack(v(frag[2 * kk + 1][0]), v(frag[2 * kk + 1][1]));
+        a[3] = FaElement::pack(v(frag[2 * kk + 1][2]), v(frag[2 * kk + 1][3]));
 #pragma unroll
         for (int dp = 0; dp < kD / 16; ++dp) {
             u32 b[4];
@@ -217,6 +222,14 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
                             if (hidden) x = -FA_INF;
                         }
                         acc_s[nt][i] = fast_exp2(x);
+#if FA_DROPOUT
+                        {
+                            // Kept: P / (1 - p), the value the forward's PV used; dropped: -P (the sign carries the mask).
+                            const int key = key0 + warp * 16 + g + (i >= 2 ? 8 : 0);
+                            const PhiloxWords w = dropout_words(p.dropout, (unsigned int)(batch * p.heads_q + head), q0 + qi, key);
+                            acc_s[nt][i] = word_of(w, key) >= p.dropout.keep_threshold ? acc_s[nt][i] * p.dropout.keep_scale : -acc_s[nt][i];
+                        }
+#endif
                     }
                 }
 
@@ -226,16 +239,23 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
                 for (int i = 0; i < kBlockM / 8; ++i) acc_dp[i][0] = acc_dp[i][1] = acc_dp[i][2] = acc_dp[i][3] = 0.f;
                 gemm_abt<kBlockM / 8>(acc_dp, sV, warp * 16, sDO, lo);
 
-                // dV += P^T dO
-                gemm_frag_b<kBlockM / 8>(acc_dv, acc_s, sDO, lo);
+                // dV += P^T dO (with dropout: the kept P / (1 - p))
+                gemm_frag_b<kBlockM / 8, FA_DROPOUT != 0>(acc_dv, acc_s, sDO, lo);
 
                 // dS^T = P^T * (dP^T - D) * scale (in place in acc_dp)
 #pragma unroll
                 for (int nt = 0; nt < kBlockM / 8; ++nt) {
                     const float2 d = *(const float2*)(sDelta + nt * 8 + 2 * t);
 #pragma unroll
-                    for (int i = 0; i < 4; ++i)
-                        acc_dp[nt][i] = acc_s[nt][i] * (acc_dp[nt][i] - ((i & 1) ? d.y : d.x)) * p.scale;
+                    for (int i = 0; i < 4; ++i) {
+                        const float delta_q = (i & 1) ? d.y : d.x, x = acc_s[nt][i];
+#if FA_DROPOUT
+                        // dS = P * (Z * dP / (1 - p) - D): kept (x = P / (1 - p)): x * (dP - D (1 - p)); dropped (x = -P): x * D.
+                        acc_dp[nt][i] = (x >= 0.f ? x * (acc_dp[nt][i] - delta_q / p.dropout.keep_scale) : x * delta_q) * p.scale;
+#else
+                        acc_dp[nt][i] = x * (acc_dp[nt][i] - delta_q) * p.scale;
+#endif
+                    }
                 }
 
                 // dK += dS^T Q

@@ -7,13 +7,16 @@
 // (the causal diagonal, the seqlen_k tail) come first and the rest run unmasked.
 //
 // Variant (set by the launcher as -D options): FA_HEAD_DIM (64, 128, 192, 256), FA_BLOCK_M, FA_BLOCK_N,
-// FA_WARPS, FA_BF16. The softmax scale must be positive (the launcher checks).
+// FA_WARPS, FA_BF16, FA_DROPOUT. The softmax scale must be positive (the launcher checks).
 #include "fa_ptx.cuh"
 #include "fa_params.cuh"
 #include "fa_tile.cuh"
 
 #ifndef FA_ROLL_QK
 #define FA_ROLL_QK 0
+#endif
+#ifndef FA_DROPOUT
+#define FA_DROPOUT 0
 #endif
 
 template <int D, int BM, int BN, int NW, typename E>
@@ -178,6 +181,21 @@ __device__ __forceinline__ void flash_fwd_block(const FlashFwdParams& p) {
                     sum += p0 + p1;
                 }
                 row_sum[mt][half] = row_sum[mt][half] * rescale + sum;  // per-thread partial; reduced over the quad at the end
+#if FA_DROPOUT
+                // Dropout on P for the PV product only (the normaliser l uses P before dropout). This thread's two columns
+                // of an n8 tile are one column group of four: one Philox call per tile row gives both words.
+                {
+                    const int row = row0 + warp_row0 + mt * 16 + g + 8 * half;
+                    const unsigned int stream = (unsigned int)(batch * p.heads_q + head);
+#pragma unroll
+                    for (int nt = 0; nt < kSTiles; ++nt) {
+                        const int col = col0 + nt * 8 + 2 * t;
+                        const PhiloxWords w = dropout_words(p.dropout, stream, row, col);
+                        acc_s[mt][nt][2 * half] *= keep_factor(p.dropout, word_of(w, col));
+                        acc_s[mt][nt][2 * half + 1] *= keep_factor(p.dropout, word_of(w, col + 1));
+                    }
+                }
+#endif
 #pragma unroll
                 for (int nt = 0; nt < kOTiles; ++nt) {
                     acc_o[mt][nt][2 * half] *= rescale;
