@@ -102,35 +102,11 @@ public sealed class CudaForwardTests
     }
 
     /// <summary>Uploads q, k, v, poisons caller-owned outputs, runs the kernel and downloads.</summary>
-    private static AttentionResult<T> OnGpu<T>(Inputs<T> inputs, AttentionOptions options) where T : unmanaged
-    {
-        using var q = CudaTensor<T>.FromHost(inputs.QTensor);
-        using var k = CudaTensor<T>.FromHost(inputs.KTensor);
-        using var v = CudaTensor<T>.FromHost(inputs.VTensor);
-        return RunPoisoned(q, k, v, inputs.Problem, options);
-    }
+    private static AttentionResult<T> OnGpu<T>(Inputs<T> inputs, AttentionOptions options) where T : unmanaged =>
+        DeviceInputs.Uploaded(inputs, (q, k, v) => RunPoisoned(q, k, v, inputs.Problem, options));
 
-    /// <summary>Packs q, k, v into one (batch, seqlen, 3, heads, headdim) device tensor and runs on strided views of it.</summary>
-    private static AttentionResult<T> OnGpuPacked<T>(Inputs<T> inputs, AttentionOptions options) where T : unmanaged
-    {
-        var p = inputs.Problem;
-        var packed = Tensor.CreateFromShape<T>([p.Batch, p.SeqlenQ, 3, p.HeadsQ, p.HeadDim], pinned: false);
-        var sources = new[] { inputs.QTensor, inputs.KTensor, inputs.VTensor };
-        for (int which = 0; which < 3; which++)
-            for (int b = 0; b < p.Batch; b++)
-                for (int s = 0; s < p.SeqlenQ; s++)
-                    for (int h = 0; h < p.HeadsQ; h++)
-                        for (int c = 0; c < p.HeadDim; c++)
-                            packed[b, s, which, h, c] = sources[which][b, s, h, c];
-        using var device = CudaTensor<T>.FromHost(packed);
-        var strides = device.Strides.ToArray();
-        nint[] viewStrides = [strides[0], strides[1], strides[3], strides[4]];
-        nint slice = strides[2] * CudaTensor<T>.ElementSize;
-        using var q = CudaTensor<T>.View(device.DevicePointer, p.QLengths, viewStrides);
-        using var k = CudaTensor<T>.View(device.DevicePointer + slice, p.KvLengths, viewStrides);
-        using var v = CudaTensor<T>.View(device.DevicePointer + 2 * slice, p.KvLengths, viewStrides);
-        return RunPoisoned(q, k, v, p, options);
-    }
+    private static AttentionResult<T> OnGpuPacked<T>(Inputs<T> inputs, AttentionOptions options) where T : unmanaged =>
+        DeviceInputs.PackedViews(inputs, (q, k, v) => RunPoisoned(q, k, v, inputs.Problem, options));
 
     private static AttentionResult<T> RunPoisoned<T>(CudaTensor<T> q, CudaTensor<T> k, CudaTensor<T> v, Problem p, AttentionOptions options)
         where T : unmanaged

@@ -13,13 +13,12 @@
 #include "fa_ptx.cuh"
 #include "fa_bwd_params.cuh"
 #include "fa_tile.cuh"
+#include "fa_elements.cuh"
 
 #if FA_BF16
-typedef Bf16 FaElement;
-__device__ __forceinline__ float to_float(u16 x) { return __uint_as_float(((u32)x) << 16); }
+typedef BfloatElem FaElement;
 #else
-typedef Fp16 FaElement;
-__device__ __forceinline__ float to_float(u16 x) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x)); return f; }
+typedef HalfElem FaElement;
 #endif
 
 #ifndef FA_BLOCK_N
@@ -54,7 +53,7 @@ extern "C" __global__ void flash_bwd_prepare(const FlashBwdParams p) {
         const u16* o = (const u16*)p.o + b * p.o_batch_stride + r * p.o_row_stride + h * p.o_head_stride;
         const u16* d = (const u16*)p.dout + b * p.do_batch_stride + r * p.do_row_stride + h * p.do_head_stride;
         float sum = 0.f;
-        for (int c = lane; c < p.head_dim; c += 32) sum += to_float(o[c]) * to_float(d[c]);
+        for (int c = lane; c < p.head_dim; c += 32) sum += FaElement::to_float(o[c]) * FaElement::to_float(d[c]);
 #pragma unroll
         for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
         if (lane == 0) p.delta[b * p.lse_batch_stride + h * p.lse_head_stride + r] = sum;

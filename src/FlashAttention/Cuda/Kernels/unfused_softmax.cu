@@ -14,7 +14,7 @@
 // sees no key writes P = 0 and LSE = +inf, so backward's exp(S - LSE) is 0 there.
 // Columns are visited only inside the row's visible range [begin, end) (bottom-right aligned causal / window
 // masks), so a masked-out tail costs no reads.
-#include "fa_ptx.cuh"
+#include "fa_elements.cuh"
 
 // Mirrors UnfusedSoftmaxParams in Cuda/Unfused/UnfusedSoftmaxParams.cs: 8-byte fields first.
 struct UnfusedSoftmaxParams {
@@ -28,18 +28,6 @@ struct UnfusedSoftmaxParams {
 
 #define UF_LOG2E 1.4426950408889634f
 
-struct HalfElem : Fp16 {
-    static __device__ __forceinline__ float to_float(u16 x) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x)); return f; }
-    static __device__ __forceinline__ u16 from_float(float f) { u16 x; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(x) : "f"(f)); return x; }
-};
-
-struct BfloatElem : Bf16 {
-    static __device__ __forceinline__ float to_float(u16 x) { return __uint_as_float((u32)x << 16); }
-    static __device__ __forceinline__ u16 from_float(float f) { u16 x; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(x) : "f"(f)); return x; }
-};
-
-// Eight 16-bit elements: the unit of the vectorised path (rows whose length is a multiple of 8 start 16-byte aligned).
-struct __align__(16) U16x8 { u32 w[4]; };
 
 // Merges the softmax state (m2, l2) into (m, l). Guards the all -inf case (see the header comment).
 __device__ __forceinline__ void merge(float& m, float& l, float m2, float l2) {

@@ -10,7 +10,7 @@
 // forward writes them so), hence dS = 0 there, written as an exact 0 without reading dP (a masked dP is never
 // needed: 0 * dP would also turn an infinite dP into NaN). Chunks whose eight P are all 0 (the masked tail of a
 // causal row) skip dP's read in both passes.
-#include "fa_ptx.cuh"
+#include "fa_elements.cuh"
 
 // Mirrors UnfusedSoftmaxBackwardParams in Cuda/Unfused/UnfusedSoftmaxBackwardParams.cs: 8-byte fields first.
 struct UnfusedSoftmaxBwdParams {
@@ -20,20 +20,7 @@ struct UnfusedSoftmaxBwdParams {
     int seqlen_k;
 };
 
-struct HalfElem : Fp16 {
-    static __device__ __forceinline__ float to_float(u16 x) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x)); return f; }
-    static __device__ __forceinline__ u16 from_float(float f) { u16 x; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(x) : "f"(f)); return x; }
-};
 
-struct BfloatElem : Bf16 {
-    static __device__ __forceinline__ float to_float(u16 x) { return __uint_as_float((u32)x << 16); }
-    static __device__ __forceinline__ u16 from_float(float f) { u16 x; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(x) : "f"(f)); return x; }
-};
-
-// Eight 16-bit elements: the unit of the vectorised path (rows whose length is a multiple of 8 start 16-byte aligned).
-struct __align__(16) U16x8 { u32 w[4]; };
-
-__device__ __forceinline__ u16 lane(const U16x8& v, int e) { return (u16)(v.w[e / 2] >> (16 * (e % 2))); }
 
 __device__ __forceinline__ bool all_zero(const U16x8& v) {
     // +0 and -0 both count as zero (P is never negative, but a -0 would still mean "no probability").
