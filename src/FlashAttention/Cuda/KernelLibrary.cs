@@ -1,9 +1,21 @@
+using System.Collections.Concurrent;
+
 namespace FlashAttn.Cuda;
 
-/// <summary>Compiled kernels by (source file, variant): a thin front over the shared module cache, which
-/// compiles with NVRTC for the device's architecture and keeps cubins on disk.</summary>
+/// <summary>
+/// Compiled kernels by (device, source file, kernel, variant, options): a memo in front of the shared module cache,
+/// which compiles with NVRTC for the device's architecture and keeps cubins on disk. The memo keeps launches cheap:
+/// the module cache's key hashes every kernel source, which must not happen on each launch.
+/// </summary>
 internal static class KernelLibrary
 {
-    public static CudaKernel Get(CudaDevice device, string sourceFile, string kernelName, string variantName, IReadOnlyList<string> options) =>
-        ModuleCache.Shared.GetOrCompile(KernelSources.Load(sourceFile), kernelName, variantName, options, device);
+    private static readonly ConcurrentDictionary<(int Device, string File, string Kernel, string Variant, string Options), CudaKernel> Kernels = new();
+
+    public static CudaKernel Get(CudaDevice device, string sourceFile, string kernelName, string variantName, IReadOnlyList<string> options)
+    {
+        var key = (device.Ordinal, sourceFile, kernelName, variantName, string.Join(' ', options));
+        if (Kernels.TryGetValue(key, out var kernel)) return kernel;
+        // Concurrent first calls may both reach the module cache; it compiles once and returns the same kernel to both.
+        return Kernels.GetOrAdd(key, _ => ModuleCache.Shared.GetOrCompile(KernelSources.Load(sourceFile), kernelName, variantName, options, device));
+    }
 }
