@@ -8,6 +8,8 @@ namespace FlashAttn.Cli.Bench;
 /// The machine's measured fp32 fused-multiply-add peak: a register-only loop of 12 independent FMA chains (enough to
 /// cover FMA latency times the number of FMA pipes on current x64 and Arm cores) at the widest accelerated vector,
 /// one task per logical core through Parallel.For. Best of a few trials, in GFLOP/s (an FMA counts as 2 FLOPs).
+/// One loop per width on purpose: a generic loop over the engine's IVectorOps measured 6x below these (the JIT kept
+/// the twelve chains out of registers), which would inflate every "% of peak".
 /// </summary>
 internal static class FmaPeak
 {

@@ -79,24 +79,15 @@ internal static class TensorLayout
     }
 
     /// <summary>Copies the layout's elements from <paramref name="source"/> (indexed by the layout) into dense row-major <paramref name="destination"/>.</summary>
-    public static void Gather<T>(ReadOnlySpan<T> source, ReadOnlySpan<nint> lengths, ReadOnlySpan<nint> strides, Span<T> destination)
-    {
-        long count = ElementCount(lengths);
-        if (count == 0)
-            return;
-        Span<nint> index = stackalloc nint[lengths.Length];
-        index.Clear();
-        nint offset = 0;
-        int last = lengths.Length - 1;
-        for (long i = 0; i < count; i++)
-        {
-            destination[(int)i] = source[(int)offset];
-            offset = Advance(index, lengths, strides, offset, last);
-        }
-    }
+    public static void Gather<T>(ReadOnlySpan<T> source, ReadOnlySpan<nint> lengths, ReadOnlySpan<nint> strides, Span<T> destination) =>
+        Walk(source, lengths, strides, destination, toDense: true);
 
     /// <summary>Copies dense row-major <paramref name="source"/> into the layout's elements of <paramref name="destination"/>; other elements are untouched.</summary>
-    public static void Scatter<T>(ReadOnlySpan<T> source, ReadOnlySpan<nint> lengths, ReadOnlySpan<nint> strides, Span<T> destination)
+    public static void Scatter<T>(ReadOnlySpan<T> source, ReadOnlySpan<nint> lengths, ReadOnlySpan<nint> strides, Span<T> destination) =>
+        Walk(source, lengths, strides, destination, toDense: false);
+
+    /// <summary>Visits the layout's elements in row-major order: element i sits at the layout's offset.</summary>
+    private static void Walk<T>(ReadOnlySpan<T> source, ReadOnlySpan<nint> lengths, ReadOnlySpan<nint> strides, Span<T> destination, bool toDense)
     {
         long count = ElementCount(lengths);
         if (count == 0)
@@ -107,7 +98,8 @@ internal static class TensorLayout
         int last = lengths.Length - 1;
         for (long i = 0; i < count; i++)
         {
-            destination[(int)offset] = source[(int)i];
+            if (toDense) destination[(int)i] = source[(int)offset];
+            else destination[(int)offset] = source[(int)i];
             offset = Advance(index, lengths, strides, offset, last);
         }
     }
