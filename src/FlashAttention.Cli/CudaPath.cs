@@ -18,8 +18,6 @@ internal sealed class CudaPath(CudaDevice device) : IExecutionPath
         : options.Softcap > 0 || options.AlibiSlopes is not null ? "not in the CUDA kernel yet"
         : null;
 
-    public bool HasBackward(int headDim) => headDim <= 128;
-
     public AttentionResult<T> Forward<T>(Tensor<T> q, Tensor<T> k, Tensor<T> v, AttentionOptions options, CancellationToken ct) where T : unmanaged
     {
         using var dq = CudaTensor<T>.FromHost(q, device);

@@ -22,9 +22,6 @@ internal interface IExecutionPath
 
     /// <summary>Whether the path runs this element type and these options forward; null when it does, else why not.</summary>
     string? ForwardGap(ElementType type, AttentionOptions options) => null;
-
-    /// <summary>Whether the path has a backward pass for this head dim.</summary>
-    bool HasBackward(int headDim) => true;
 }
 
 /// <summary>The CPU path: the library's tiled FlashAttention-2 over host tensors.</summary>

@@ -13,8 +13,9 @@ public static partial class FlashAttention
     /// <param name="q">(batch, seqlen_q, heads_q, headdim), System.Half or BFloat16, headdim 1..256 and contiguous.</param>
     /// <param name="k">(batch, seqlen_k, heads_kv, headdim); heads_kv divides heads_q.</param>
     /// <param name="v">Same shape as k.</param>
-    /// <param name="options">Causal, scale, window and dropout run on the GPU (dropout draws the same Philox mask as the
-    /// CPU path); softcap, ALiBi and returned probabilities are CPU-only for now and throw <see cref="NotSupportedException"/>.</param>
+    /// <param name="options">Causal, scale, window, dropout and <see cref="AttentionOptions.ReturnProbabilities"/> run on the GPU
+    /// (dropout draws the same Philox mask as the CPU path; probabilities land in <see cref="CudaAttentionResult{T}.Probabilities"/>);
+    /// softcap and ALiBi are CPU-only for now and throw <see cref="NotSupportedException"/>.</param>
     /// <param name="stream">The stream to launch on; null for the legacy default stream.</param>
     public static CudaAttentionResult<T> Forward<T>(CudaTensor<T> q, CudaTensor<T> k, CudaTensor<T> v, AttentionOptions? options = null,
         CudaStream? stream = null) where T : unmanaged
@@ -22,17 +23,20 @@ public static partial class FlashAttention
         options ??= AttentionOptions.Default;
         var (shape, qa) = ValidateCuda(q, k, v, options);
         var output = CudaTensor<T>.Allocate(qa.Lengths);
-        CudaTensor<float>? lse = null;
+        CudaTensor<float>? lse = null, probabilities = null;
         try
         {
             lse = CudaTensor<float>.Allocate(LseLengths(shape));
-            var dropoutState = RunCudaForward(shape, options, q, k, v, output, lse, stream);
-            return new CudaAttentionResult<T>(output, lse, dropoutState);
+            if (options.ReturnProbabilities)
+                probabilities = CudaTensor<float>.Allocate([shape.Batch, shape.HeadsQ, shape.MaxSeqlenQ, shape.MaxSeqlenK]);
+            var dropoutState = RunCudaForward(shape, options, q, k, v, output, lse, probabilities, stream);
+            return new CudaAttentionResult<T>(output, lse, dropoutState, probabilities);
         }
         catch
         {
             output.Dispose();
             lse?.Dispose();
+            probabilities?.Dispose();
             throw;
         }
     }
@@ -46,7 +50,7 @@ public static partial class FlashAttention
     /// <param name="v">Same shape as k.</param>
     /// <param name="output">Receives O, shaped like q (any strides with headdim contiguous).</param>
     /// <param name="logSumExp">Receives the fp32 log-sum-exp, (batch, heads_q, seqlen_q), last dimension contiguous.</param>
-    /// <param name="options">Attention options (see Forward).</param>
+    /// <param name="options">Attention options (see Forward); ReturnProbabilities needs the allocating Forward and is rejected here.</param>
     /// <param name="stream">The stream to launch on; null for the legacy default stream.</param>
     /// <returns>The dropout state used (pass it to backward), or null when dropout is off.</returns>
     public static DropoutState? ForwardInto<T>(CudaTensor<T> q, CudaTensor<T> k, CudaTensor<T> v, CudaTensor<T> output, CudaTensor<float> logSumExp,
@@ -57,7 +61,9 @@ public static partial class FlashAttention
         ArgumentNullException.ThrowIfNull(output);
         ArgumentNullException.ThrowIfNull(logSumExp);
         ShapeValidator.Backward(shape, qa, Describe(output, nameof(output)), Describe(output, nameof(output)), Describe(logSumExp, nameof(logSumExp)));
-        return RunCudaForward(shape, options, q, k, v, output, logSumExp, stream);
+        if (options.ReturnProbabilities)
+            throw new ArgumentException("ReturnProbabilities needs the allocating Forward overload.", nameof(options));
+        return RunCudaForward(shape, options, q, k, v, output, logSumExp, null, stream);
     }
 
     private static (ProblemShape Shape, TensorArg Q) ValidateCuda<T>(CudaTensor<T> q, CudaTensor<T> k, CudaTensor<T> v, AttentionOptions options)
@@ -70,13 +76,14 @@ public static partial class FlashAttention
             throw new ArgumentException($"element type {typeof(T).Name} is not supported by the CUDA kernels; use System.Half or FlashAttn.BFloat16 (float runs on the CPU path).", nameof(q));
         TensorArg qa = Describe(q, nameof(q)), ka = Describe(k, nameof(k)), va = Describe(v, nameof(v));
         var shape = ShapeValidator.Fixed(qa, ka, va, options, typeof(T));
-        if (options.Softcap > 0f || options.AlibiSlopes is not null || options.ReturnProbabilities)
-            throw new NotSupportedException("Softcap, ALiBi and ReturnProbabilities are not in the CUDA kernels yet; use host tensors (the CPU path) for them.");
+        if (options.Softcap > 0f || options.AlibiSlopes is not null)
+            throw new NotSupportedException("Softcap and ALiBi are not in the CUDA kernels yet; use host tensors (the CPU path) for them.");
         return (shape, qa);
     }
 
+    /// <summary>Forward, then (when <paramref name="probabilities"/> is given) P from forward's LSE on the same stream.</summary>
     private static DropoutState? RunCudaForward<T>(ProblemShape shape, AttentionOptions options, CudaTensor<T> q, CudaTensor<T> k, CudaTensor<T> v,
-        CudaTensor<T> output, CudaTensor<float> lse, CudaStream? stream) where T : unmanaged
+        CudaTensor<T> output, CudaTensor<float> lse, CudaTensor<float>? probabilities, CudaStream? stream) where T : unmanaged
     {
         var device = CudaDevice.Default;
         device.MakeCurrent();
@@ -84,8 +91,12 @@ public static partial class FlashAttention
         var settings = AttentionSettings.Resolve(options, shape, dropoutState);
         var lseStrides = lse.Strides;
         var lseOperand = new DeviceOperand(lse.DevicePointer, lseStrides[0], 1, lseStrides[1]);
+        var launchStream = stream ?? CudaStream.Legacy;
         CudaForward.Run<T>(device, shape, settings, DeviceOperand.Of(q), DeviceOperand.Of(k), DeviceOperand.Of(v), DeviceOperand.Of(output),
-            lseOperand, stream ?? CudaStream.Legacy);
+            lseOperand, launchStream);
+        if (probabilities is not null) // same stream, so it runs after forward has written the LSE
+            CudaProbabilities.Run<T>(device, shape, settings, DeviceOperand.Of(q), DeviceOperand.Of(k), lseOperand, probabilities.DevicePointer,
+                launchStream);
         return dropoutState;
     }
 

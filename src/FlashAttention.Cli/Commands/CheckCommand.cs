@@ -51,9 +51,6 @@ internal static class CheckCommand
             }
         if (gaps.Count > 0)
             AnsiConsole.MarkupLine($"[yellow]note:[/] not covered by a path, so not checked there: {Markup.Escape(string.Join("; ", gaps))}.");
-        foreach (var path in ExecutionPaths.Available)
-            foreach (var c in cases.Where(c => !path.HasBackward(c.Shape.HeadDim) && path.ForwardGap(c.DType, c.Options) is null))
-                AnsiConsole.MarkupLine($"[yellow]note:[/] {path.Name}: {c.DType.Name()} {Markup.Escape(c.Feature)}: no backward for head dim {c.Shape.HeadDim} on this path yet; forward checked only.");
 
         AnsiConsole.Write(Table(results));
         int failed = results.Count(r => !r.Passed);

@@ -2,38 +2,60 @@ using System.Globalization;
 
 namespace FlashAttn.Cuda;
 
-/// <summary>One compiled specialisation of the FlashAttention-2 backward kernels (Kernels/flash_bwd.cu): BlockN keys per CTA
-/// (16 per warp) against 64-query blocks.</summary>
-/// <param name="HeadDimBucket">64 or 128 (larger head dims are not in the backward kernel yet).</param>
+/// <summary>One compiled specialisation of the FlashAttention-2 backward kernels. Head dims up to 128 run
+/// Kernels/flash_bwd.cu (BlockN keys per CTA, 16 per warp, dK and dV of the warp's keys across the whole head dim in
+/// registers); 192 and 256 run Kernels/flash_bwd_wide.cu (64 keys, 8 warps splitting the head dim for dK and dV, with
+/// P^T and dS^T through shared memory). Both share the pre-pass and conversion kernels (fa_bwd_common.cuh).</summary>
+/// <param name="HeadDimBucket">64, 128, 192 or 256: head dims are zero-padded up to the bucket in shared memory.</param>
 /// <param name="BFloat16">bf16 (true) or fp16 (false).</param>
 /// <param name="Deterministic">dQ through per-split buffers summed in order instead of atomics.</param>
-/// <param name="BlockN">Keys per CTA: 64 (4 warps) or 128 (8 warps; half the dQ reductions and Q/dO reloads per FLOP).</param>
+/// <param name="BlockN">Keys per CTA: 64 or 128 for the narrow kernel (128: half the dQ reductions and Q/dO reloads per
+/// FLOP); 64 for the wide one.</param>
+/// <param name="BlockM">Queries per step: 64, or 128 for the narrow kernel at head dim 64.</param>
 /// <param name="Dropout">Compile the Philox dropout in (the mask is regenerated, never stored).</param>
-internal sealed record BackwardVariant(int HeadDimBucket, bool BFloat16, bool Deterministic, int BlockN, bool Dropout = false)
+internal sealed record BackwardVariant(int HeadDimBucket, bool BFloat16, bool Deterministic, int BlockN, int BlockM, bool Dropout = false)
 {
-    public const int BlockM = 64;
     public const string PrepareKernel = "flash_bwd_prepare", MainKernel = "flash_bwd_kernel", ConvertKernel = "flash_bwd_convert";
 
-    /// <summary>Tuning override of the key-block size (64 or 128), read once; unset means the measured default.</summary>
-    public const string BlockNVariable = "FLASHATTN_BWD_BLOCK_N";
+    /// <summary>Tuning overrides of the narrow kernel's key-block and query-block sizes (64 or 128), read once; unset
+    /// means the measured defaults.</summary>
+    public const string BlockNVariable = "FLASHATTN_BWD_BLOCK_N", BlockMVariable = "FLASHATTN_BWD_BLOCK_M";
 
-    private static readonly int? BlockNOverride =
-        int.TryParse(Environment.GetEnvironmentVariable(BlockNVariable), out int n) && n is 64 or 128 ? n : null;
+    private static readonly int? BlockNOverride = ReadBlockOverride(BlockNVariable);
+    private static readonly int? BlockMOverride = ReadBlockOverride(BlockMVariable);
 
-    public static BackwardVariant For(int headDim, bool bfloat16, bool deterministic, bool dropout = false) => headDim <= 128
-        ? new(headDim <= 64 ? 64 : 128, bfloat16, deterministic, BlockNOverride ?? 128, dropout)
-        : throw new NotSupportedException($"head dim {headDim}: the CUDA backward kernel covers head dims up to 128 so far; run backward on the CPU path (host tensors) for larger ones.");
+    public static BackwardVariant For(int headDim, bool bfloat16, bool deterministic, bool dropout = false)
+    {
+        int bucket = ForwardVariant.BucketOf(headDim);
+        return bucket <= 128
+            ? new(bucket, bfloat16, deterministic, BlockNOverride ?? 128, BlockMOverride ?? DefaultBlockM(bucket), dropout)
+            : new(bucket, bfloat16, deterministic, 64, 64, dropout);
+    }
 
-    public int Threads => BlockN / 16 * 32;
+    /// <summary>The kernel file: the narrow layout up to head dim 128, the wide one above.</summary>
+    public string SourceFile => IsWide ? "flash_bwd_wide.cu" : "flash_bwd.cu";
 
-    public string Name => $"flash_bwd_hdim{HeadDimBucket}_n{BlockN}_{(BFloat16 ? "bf16" : "fp16")}{(Deterministic ? "_deterministic" : "")}{(Dropout ? "_dropout" : "")}";
+    public bool IsWide => HeadDimBucket > 128;
 
-    /// <summary>K, V and dS tiles, plus two stages of (Q, dO) tiles with their per-query LSE and D.</summary>
-    public int SharedMemoryBytes => (2 * BlockN + 4 * BlockM) * HeadDimBucket * 2 + BlockN * BlockM * 2 + 4 * BlockM * sizeof(float);
+    public int Threads => IsWide ? 256 : BlockN / 16 * 32;
+
+    public string Name =>
+        $"flash_bwd_hdim{HeadDimBucket}_n{BlockN}_m{BlockM}_{(BFloat16 ? "bf16" : "fp16")}{(Deterministic ? "_deterministic" : "")}{(Dropout ? "_dropout" : "")}";
+
+    /// <summary>K and V tiles, dS^T (and P^T for the wide kernel), then two stages of (Q, dO) tiles with their per-query LSE and D.</summary>
+    public int SharedMemoryBytes =>
+        (2 * BlockN + 4 * BlockM) * HeadDimBucket * 2 + (IsWide ? 2 : 1) * BlockN * BlockM * 2 + 4 * BlockM * sizeof(float);
 
     public IReadOnlyList<string> CompilerDefines =>
     [
         "-DFA_HEAD_DIM=" + HeadDimBucket.ToString(CultureInfo.InvariantCulture), "-DFA_BF16=" + (BFloat16 ? "1" : "0"),
-        "-DFA_DETERMINISTIC=" + (Deterministic ? "1" : "0"), "-DFA_BLOCK_N=" + BlockN.ToString(CultureInfo.InvariantCulture), "-DFA_DROPOUT=" + (Dropout ? "1" : "0"),
+        "-DFA_DETERMINISTIC=" + (Deterministic ? "1" : "0"), "-DFA_BLOCK_N=" + BlockN.ToString(CultureInfo.InvariantCulture),
+        "-DFA_BLOCK_M=" + BlockM.ToString(CultureInfo.InvariantCulture), "-DFA_DROPOUT=" + (Dropout ? "1" : "0"),
     ];
+
+    // Measured on the H100 (bench/NOTES.md, backward versions): 64 queries per step at both head dims for now.
+    private static int DefaultBlockM(int bucket) => 64;
+
+    private static int? ReadBlockOverride(string variable) =>
+        int.TryParse(Environment.GetEnvironmentVariable(variable), out int n) && n is 64 or 128 ? n : null;
 }

@@ -65,9 +65,9 @@ internal static class CudaBackward
             if (lse.StrideBatch != (long)hq * sq || lse.StrideHead != sq)
                 throw new ArgumentException("logSumExp must be dense (batch, heads_q, seqlen_q), as forward returns it.", "logSumExp");
 
-            var prepare = KernelLibrary.Get(device, "flash_bwd.cu", BackwardVariant.PrepareKernel, variant.Name, variant.CompilerDefines);
-            var main = KernelLibrary.Get(device, "flash_bwd.cu", BackwardVariant.MainKernel, variant.Name, variant.CompilerDefines);
-            var convert = KernelLibrary.Get(device, "flash_bwd.cu", BackwardVariant.ConvertKernel, variant.Name, variant.CompilerDefines);
+            var prepare = KernelLibrary.Get(device, variant.SourceFile, BackwardVariant.PrepareKernel, variant.Name, variant.CompilerDefines);
+            var main = KernelLibrary.Get(device, variant.SourceFile, BackwardVariant.MainKernel, variant.Name, variant.CompilerDefines);
+            var convert = KernelLibrary.Get(device, variant.SourceFile, BackwardVariant.ConvertKernel, variant.Name, variant.CompilerDefines);
             main.SetMaxDynamicSharedMemory(variant.SharedMemoryBytes);
 
             long rowsTimesWarp = (long)b * sq * hq * 32;

@@ -21,11 +21,11 @@ public static class KernelWarmup
                 var variant = ForwardVariant.For(bucket, bf16);
                 jobs.Add(("flash_fwd.cu", ForwardVariant.KernelName, variant.Name, variant.CompilerDefines));
             }
-        foreach (int bucket in new[] { 64, 128 })
+        foreach (int bucket in new[] { 64, 128, 192, 256 })
             foreach (bool bf16 in new[] { false, true })
             {
                 var variant = BackwardVariant.For(bucket, bf16, deterministic: false);
-                jobs.Add(("flash_bwd.cu", BackwardVariant.MainKernel, variant.Name, variant.CompilerDefines));
+                jobs.Add((variant.SourceFile, BackwardVariant.MainKernel, variant.Name, variant.CompilerDefines));
             }
         var results = new Variant[jobs.Count];
         Parallel.For(0, jobs.Count, i =>

@@ -20,6 +20,9 @@ public sealed class CudaBackwardTests
         { 1, 129, 257, 2, 1, 111, true },
         { 1, 64, 300, 4, 2, 128, false },
         { 1, 77, 77, 2, 2, 8, false },
+        { 1, 150, 211, 4, 2, 256, true },   // the wide kernel (head dims over 128): 64-key blocks, head dim split over warps
+        { 2, 97, 64, 2, 1, 160, false },    // bucket 192, padded; MQA
+        { 1, 130, 130, 2, 2, 192, true },
     };
 
     [Theory]
@@ -86,14 +89,22 @@ public sealed class CudaBackwardTests
             Assert.True(sequential[i % cases.Length].AsSpan().SequenceEqual(concurrent[i]), $"concurrent call {i} ({cases[i % cases.Length].Problem}) differs from the sequential result");
     }
 
-    [Fact]
-    public void HeadDimsOverTheKernelsRangeAreRejectedClearly()
+    [Theory]
+    [InlineData(192)]
+    [InlineData(256)]
+    public void WideHeadDimsHandleWindowsDropoutAndDeterminism(int headDim)
     {
-        var device = GpuRequirement.SkipIfUnavailable();
-        using var q = CudaTensor<Half>.Allocate([1, 8, 1, 256], device);
-        using var lse = CudaTensor<float>.Allocate([1, 1, 8], device);
-        var error = Assert.Throws<NotSupportedException>(() => FlashAttention.Backward(q, q, q, q, q, lse));
-        Assert.Contains("CPU path", error.Message);
+        GpuRequirement.SkipIfUnavailable();
+        var random = new TestRandom();
+        var problem = new Problem(1, 200, 170, 4, 2, headDim);
+        AttentionCheck.Backward<BFloat16>(problem, new AttentionOptions { WindowLeft = 40, WindowRight = 7 }, run: ForwardOnGpu, runBackward: BackwardOnGpu);
+        AttentionCheck.Backward<Half>(problem, new AttentionOptions { DropoutProbability = 0.2f, DropoutState = random.NextDropoutState(), Causal = true },
+            run: ForwardOnGpu, runBackward: BackwardOnGpu);
+        var inputs = Inputs<Half>.Create(problem, random);
+        var options = new AttentionOptions { Causal = true, Deterministic = true };
+        AttentionCheck.Backward<Half>(problem, options, inputs, ForwardOnGpu, BackwardOnGpu);
+        var first = Flat(BackwardOnGpu(inputs, options, ForwardOnGpu(inputs, options)));
+        Assert.Equal(first, Flat(BackwardOnGpu(inputs, options, ForwardOnGpu(inputs, options))));
     }
 
     internal static AttentionResult<T> ForwardOnGpu<T>(Inputs<T> inputs, AttentionOptions options) where T : unmanaged

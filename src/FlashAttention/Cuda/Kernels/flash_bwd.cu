@@ -1,111 +1,41 @@
-// FlashAttention-2 backward (sm_80+), three kernels:
+// FlashAttention-2 backward (sm_80+) for head dims up to 128; the D pre-pass and dQ conversion are in fa_bwd_common.cuh:
 //   flash_bwd_prepare: D = rowsum(dO * O) per query row (fp32) and zeroed dQ accumulators;
 //   flash_bwd_kernel:  one CTA per (key block, kv head, batch) - or, deterministic, per (split, kv head, batch)
 //                      looping over key blocks split, split + splits, ... Each warp owns 16 keys. For every query
 //                      head of the GQA group and every query block that sees the key block it recomputes
 //                      P^T = exp2(K Q^T * scale*log2(e) - LSE*log2(e)), then
-//                        dV += P^T dO,  dP^T = V dO^T,  dS^T = P^T * (dP^T - D) * scale,  dK += dS^T Q
+//                        dV += P^T dO,  dP^T = V dO^T,  dS^T = P^T * (dP^T - D),  dK += dS^T Q
 //                      with dK, dV in registers and P^T, dS^T reused as A operands straight from the accumulators;
 //                      dS goes through shared memory for dQ += dS K, added to fp32 accumulators (atomics, or plain
-//                      adds into the split's own buffer when deterministic);
-//   flash_bwd_convert: dQ = sum of the splits' accumulators in order, converted to 16 bits.
-// Variant (-D options): FA_HEAD_DIM (64, 128), FA_BLOCK_N (64 or 128 keys per CTA), FA_BF16, FA_DETERMINISTIC, FA_DROPOUT.
-#include "fa_ptx.cuh"
-#include "fa_bwd_params.cuh"
-#include "fa_tile.cuh"
-#include "fa_elements.cuh"
-
-#if FA_BF16
-typedef BfloatElem FaElement;
-#else
-typedef HalfElem FaElement;
-#endif
+//                      adds into the split's own buffer when deterministic). The softmax scale is applied once, to dK
+//                      here and to dQ in the conversion;
+//   flash_bwd_convert: dQ = scale * (sum of the splits' accumulators in order), converted to 16 bits.
+// Variant (-D options): FA_HEAD_DIM (64, 128), FA_BLOCK_N (64 or 128 keys per CTA), FA_BLOCK_M (64 or 128 queries per step),
+// FA_BF16, FA_DETERMINISTIC, FA_DROPOUT.
+constexpr int kD = FA_HEAD_DIM;
+#include "fa_bwd_common.cuh"
 
 #ifndef FA_BLOCK_N
 #define FA_BLOCK_N 64
 #endif
-#ifndef FA_DROPOUT
-#define FA_DROPOUT 0
+#ifndef FA_BLOCK_M
+#define FA_BLOCK_M 64
 #endif
 
-constexpr int kD = FA_HEAD_DIM;
 constexpr int kBlockN = FA_BLOCK_N;    // keys per CTA (16 per warp): 64 or 128
-constexpr int kBlockM = 64;            // queries per iteration
+constexpr int kBlockM = FA_BLOCK_M;    // queries per iteration: 64 or 128
 constexpr int kWarps = kBlockN / 16;
 constexpr int kThreads = kWarps * 32;
-// dQ = dS K: 16 query rows per warp row group; with more warps than row groups, warps split the head dim.
+// dQ = dS K in 16-row groups: with more warps than row groups, warps split the head dim; with fewer, each warp
+// takes several row groups in turn.
 constexpr int kDqRowGroups = kBlockM / 16;
-constexpr int kDqSplitD = kWarps / kDqRowGroups;
+constexpr int kDqSplitD = kWarps > kDqRowGroups ? kWarps / kDqRowGroups : 1;
+constexpr int kDqGroupsPerWarp = kDqRowGroups > kWarps ? kDqRowGroups / kWarps : 1;
 constexpr int kDqCols = kD / kDqSplitD;
-static_assert(kWarps % kDqRowGroups == 0 && kDqCols % 16 == 0, "dQ warp layout");
-constexpr int kRowBytes = kD * 2;
+static_assert(kDqSplitD * kDqRowGroups == kWarps * kDqGroupsPerWarp && kDqCols % 16 == 0, "dQ warp layout");
+static_assert(kThreads >= kBlockM, "one thread per query loads the block's LSE and D");
 
 // ---------------------------------------------------------------------------------------------------------
-extern "C" __global__ void flash_bwd_prepare(const FlashBwdParams p) {
-    // One warp per (batch, row, head): D = sum_c dO[c] * O[c].
-    const long long rows = (long long)p.batch * p.seqlen_q * p.heads_q;
-    const long long warp = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / 32;
-    const int lane = threadIdx.x % 32;
-    if (warp < rows) {
-        const int h = (int)(warp % p.heads_q);
-        const int r = (int)((warp / p.heads_q) % p.seqlen_q);
-        const int b = (int)(warp / ((long long)p.heads_q * p.seqlen_q));
-        const u16* o = (const u16*)p.o + b * p.o_batch_stride + r * p.o_row_stride + h * p.o_head_stride;
-        const u16* d = (const u16*)p.dout + b * p.do_batch_stride + r * p.do_row_stride + h * p.do_head_stride;
-        float sum = 0.f;
-        for (int c = lane; c < p.head_dim; c += 32) sum += FaElement::to_float(o[c]) * FaElement::to_float(d[c]);
-#pragma unroll
-        for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
-        if (lane == 0) p.delta[b * p.lse_batch_stride + h * p.lse_head_stride + r] = sum;
-    }
-    // Zero the dQ accumulators (all splits) with a grid-stride loop.
-    const long long total = p.dq_accum_split_stride * p.splits;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x)
-        p.dq_accum[i] = 0.f;
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Per-lane ldmatrix offsets, as in the forward kernel: the swizzle depends only on lane % 8 and k % 4.
-struct LaneOffsets {
-    u32 a[4];       // A operand rows (16 per warp tile), non-transposed: row = lane % 16, chunk + lane / 16
-    u32 b[4];       // B operand (rows = n), non-transposed: row = (lane / 16) * 8 + lane % 8, chunk + (lane / 8) % 2
-    u32 bt[4];      // B operand read transposed (rows = k): row = ((lane / 8) % 2) * 8 + lane % 8, chunk + lane / 16
-};
-
-template <int D>
-__device__ __forceinline__ LaneOffsets lane_offsets(int lane) {
-    constexpr int rb = D * 2;
-    const int l8 = lane % 8;
-    LaneOffsets o;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        o.a[j] = (lane % 16) * rb + ((((lane / 16) ^ l8) ^ (2 * j)) << 4);
-        o.b[j] = ((lane / 16) * 8 + l8) * rb + (((((lane / 8) % 2) ^ l8) ^ (2 * j)) << 4);
-        o.bt[j] = (((lane / 8) % 2) * 8 + l8) * rb + ((((lane / 16) ^ l8) ^ (2 * j)) << 4);
-    }
-    return o;
-}
-
-// acc (16 x N, N = 8 * NT) += A (16 x D rows of tile sA starting at a_row0) * B^T where B is the (N x D) tile sB:
-// the "S = Q K^T" shape, used for S^T = K Q^T and dP^T = V dO^T.
-template <int NT>
-__device__ __forceinline__ void gemm_abt(float (&acc)[NT][4], u32 sA, int a_row0, u32 sB, const LaneOffsets& lo) {
-#pragma unroll
-    for (int chunk = 0; chunk < kD / 64; ++chunk)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            u32 a[4];
-            ldmatrix_x4(a, sA + lo.a[j] + a_row0 * kRowBytes + chunk * 128);
-#pragma unroll
-            for (int np = 0; np < NT / 2; ++np) {
-                u32 b[4];
-                ldmatrix_x4(b, sB + lo.b[j] + np * 16 * kRowBytes + chunk * 128);
-                FaElement::mma(acc[2 * np], a, b);
-                FaElement::mma(acc[2 * np + 1], a, b + 2);
-            }
-        }
-}
-
 // acc (16 x D) += P (16 x 8*KT, held as C fragments `frag`) * B where B is the (8*KT x D) tile sB read transposed:
 // the "O += P V" shape, used for dV += P^T dO and dK += dS^T Q.
 // kPositivePart: use max(frag, 0) (dropout stores dropped probabilities negated; dV takes the kept ones).
@@ -139,12 +69,15 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
     float* sScalars = (float*)(smem + (sStage0 - sK) + 2 * kStageBytes);   // [stage][LSE2 | D][kBlockM]
 
     const int head_kv = blockIdx.y, batch = blockIdx.z;
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, offset = seqlen_k - seqlen_q;
     const int group = p.heads_q / p.heads_kv;
     const int n_blocks = (seqlen_k + kBlockN - 1) / kBlockN;
     const LaneOffsets lo = lane_offsets<kD>(lane);
-    const LaneOffsets lo64 = lane_offsets<kBlockM>(lane);
+    // dQ: this warp's columns [dq_col0, + kDqCols), and the B-operand (K read transposed) offsets of its chunk pairs.
+    const int dq_col0 = (warp / (kWarps / kDqSplitD)) * kDqCols;
+    u32 dq_bt[4];
+    lane_offsets_bt(dq_bt, lane, dq_col0 / 8);
     constexpr float kLog2e = 1.4426950408889634f;
 
     const u16* k_base = (const u16*)p.k + batch * p.k_batch_stride + head_kv * p.k_head_stride;
@@ -206,31 +139,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
                 const bool need_mask = key0 + kBlockN > seqlen_k
                     || (p.window_right >= 0 && key0 + kBlockN - 1 > q0 + offset + p.window_right)
                     || (p.window_left >= 0 && key0 < q0 + kBlockM - 1 + offset - p.window_left);
-#pragma unroll
-                for (int nt = 0; nt < kBlockM / 8; ++nt) {
-                    // This thread's two query columns of the n-tile: one 8-byte shared load for both LSEs.
-                    const float2 lse2 = *(const float2*)(sLse2 + nt * 8 + 2 * t);
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        const int qi = nt * 8 + 2 * t + (i & 1);
-                        float x = fmaf(acc_s[nt][i], p.scale_log2, -((i & 1) ? lse2.y : lse2.x));
-                        if (need_mask) {
-                            const int key = key0 + warp * 16 + g + (i >= 2 ? 8 : 0), diagonal = q0 + qi + offset;
-                            const bool hidden = key >= seqlen_k || (p.window_right >= 0 && key > diagonal + p.window_right)
-                                || (p.window_left >= 0 && key < diagonal - p.window_left);
-                            if (hidden) x = -FA_INF;
-                        }
-                        acc_s[nt][i] = fast_exp2(x);
-#if FA_DROPOUT
-                        {
-                            // Kept: P / (1 - p), the value the forward's PV used; dropped: -P (the sign carries the mask).
-                            const int key = key0 + warp * 16 + g + (i >= 2 ? 8 : 0);
-                            const PhiloxWords w = dropout_words(p.dropout, (unsigned int)(batch * p.heads_q + head), q0 + qi, key);
-                            acc_s[nt][i] = word_of(w, key) >= p.dropout.keep_threshold ? acc_s[nt][i] * p.dropout.keep_scale : -acc_s[nt][i];
-                        }
-#endif
-                    }
-                }
+                probabilities_t(acc_s, p, sLse2, key0 + warp * 16, q0, offset, seqlen_k, need_mask, batch * p.heads_q + head, lane);
 
                 // dP^T = V dO^T
                 float acc_dp[kBlockM / 8][4];
@@ -241,79 +150,39 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
                 // dV += P^T dO (with dropout: the kept P / (1 - p))
                 gemm_frag_b<kBlockM / 8, FA_DROPOUT != 0>(acc_dv, acc_s, sDO, lo);
 
-                // dS^T = P^T * (dP^T - D) * scale (in place in acc_dp)
-#pragma unroll
-                for (int nt = 0; nt < kBlockM / 8; ++nt) {
-                    const float2 d = *(const float2*)(sDelta + nt * 8 + 2 * t);
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        const float delta_q = (i & 1) ? d.y : d.x, x = acc_s[nt][i];
-#if FA_DROPOUT
-                        // dS = P * (Z * dP / (1 - p) - D): kept (x = P / (1 - p)): x * (dP - D (1 - p)); dropped (x = -P): x * D.
-                        acc_dp[nt][i] = (x >= 0.f ? x * (acc_dp[nt][i] - delta_q / p.dropout.keep_scale) : x * delta_q) * p.scale;
-#else
-                        acc_dp[nt][i] = x * (acc_dp[nt][i] - delta_q) * p.scale;
-#endif
-                    }
-                }
+                // dS^T = P^T * (dP^T - D) (in place in acc_dp; the softmax scale enters dK and dQ once, at the end)
+                ds_from_dp(acc_dp, acc_s, sDelta, p, lane);
 
                 // dK += dS^T Q
                 gemm_frag_b<kBlockM / 8>(acc_dk, acc_dp, sQ, lo);
 
                 // dS^T to shared memory ([key][query], swizzled rows of kBlockM) for dQ += dS K.
-#pragma unroll
-                for (int nt = 0; nt < kBlockM / 8; ++nt)
-#pragma unroll
-                    for (int half = 0; half < 2; ++half) {
-                        const u32 packed = FaElement::pack(acc_dp[nt][2 * half], acc_dp[nt][2 * half + 1]);
-                        asm volatile("st.shared.u32 [%0], %1;" :: "r"(sDS + swizzle<kBlockM>(warp * 16 + g + 8 * half, nt) + 4 * t), "r"(packed));
-                    }
+                store_frag_tile<kBlockM, kBlockM / 8>(sDS, warp * 16, 0, acc_dp, lane);
                 __syncthreads();
 
-                // dQ rows [q0 + 16 r, +16), columns [col0, col0 + kDqCols) += dS K, with r = warp % row groups:
+                // dQ rows [q0 + 16 r, +16), columns [col0, col0 + kDqCols) += dS K, for this warp's row groups r:
                 // A = dS read transposed from [key][query], B = K read transposed.
-                const int dq_group = warp % kDqRowGroups, dq_col0 = (warp / kDqRowGroups) * kDqCols;
-                float acc_dq[kDqCols / 8][4];
-#pragma unroll
-                for (int i = 0; i < kDqCols / 8; ++i) acc_dq[i][0] = acc_dq[i][1] = acc_dq[i][2] = acc_dq[i][3] = 0.f;
-#pragma unroll
-                for (int kk = 0; kk < kBlockN / 16; ++kk) {
-                    // A[query][key] read transposed out of dS^T[key][query]: lane rows = keys kk*16 + (lane/16)*8 + lane%8,
-                    // chunk = queries 2*group + (lane/8)%2 - the "b" offsets with j = group - which yields a0..a3 in order.
-                    u32 a[4];
-                    ldmatrix_x4_trans(a, sDS + lo64.b[dq_group] + kk * 16 * (kBlockM * 2));
-#pragma unroll
-                    for (int dp = 0; dp < kDqCols / 16; ++dp) {
-                        const int chunk = dq_col0 / 8 + 2 * dp;  // 16-byte chunk of the K row; even, so chunk % 8 / 2 = (chunk / 2) & 3
-                        u32 b[4];
-                        ldmatrix_x4_trans(b, sK + lo.bt[(chunk / 2) & 3] + kk * 16 * kRowBytes + (chunk / 8) * 128);
-                        FaElement::mma(acc_dq[2 * dp], a, b);
-                        FaElement::mma(acc_dq[2 * dp + 1], a, b + 2);
-                    }
-                }
                 float* dq_rows = dq_accum + (((long long)batch * seqlen_q) * p.heads_q + head) * p.head_dim;
 #pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    const int q = q0 + dq_group * 16 + g + 8 * half;
-                    if (q < seqlen_q) {
-                        float* row = dq_rows + (long long)q * p.heads_q * p.head_dim;
+                for (int rg = 0; rg < kDqGroupsPerWarp; ++rg) {
+                    const int dq_group = (warp % (kWarps / kDqSplitD)) * kDqGroupsPerWarp + rg;
+                    float acc_dq[kDqCols / 8][4];
 #pragma unroll
-                        for (int nt = 0; nt < kDqCols / 8; ++nt) {
-                            const int c = dq_col0 + nt * 8 + 2 * t;
-                            if (c < p.head_dim) {
-#if FA_DETERMINISTIC
-                                row[c] += acc_dq[nt][2 * half];
-                                row[c + 1] += acc_dq[nt][2 * half + 1];
-#elif __CUDA_ARCH__ >= 900
-                                // sm_90: one vector reduction for the thread's two adjacent columns (half the atomics).
-                                asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" :: "l"(row + c), "f"(acc_dq[nt][2 * half]), "f"(acc_dq[nt][2 * half + 1]) : "memory");
-#else
-                                atomicAdd(row + c, acc_dq[nt][2 * half]);
-                                atomicAdd(row + c + 1, acc_dq[nt][2 * half + 1]);
-#endif
-                            }
+                    for (int i = 0; i < kDqCols / 8; ++i) acc_dq[i][0] = acc_dq[i][1] = acc_dq[i][2] = acc_dq[i][3] = 0.f;
+#pragma unroll
+                    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+                        // A[query][key] read transposed out of dS^T[key][query].
+                        u32 a[4];
+                        ldmatrix_x4_trans(a, sDS + ds_lane_offset<kBlockM>(lane, dq_group) + kk * 16 * (kBlockM * 2));
+#pragma unroll
+                        for (int dp = 0; dp < kDqCols / 16; ++dp) {
+                            u32 b[4];
+                            ldmatrix_x4_trans(b, sK + dq_bt[dp & 3] + (dp >> 2) * 128 + kk * 16 * kRowBytes);
+                            FaElement::mma(acc_dq[2 * dp], a, b);
+                            FaElement::mma(acc_dq[2 * dp + 1], a, b + 2);
                         }
                     }
+                    add_dq_tile<kDqCols / 8>(dq_rows, (long long)p.heads_q * p.head_dim, acc_dq, q0 + dq_group * 16, seqlen_q, dq_col0, p.head_dim, lane);
                 }
             }
         }
@@ -321,41 +190,8 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
         // dK, dV of this key block (rows past seqlen_k are not written).
         u16* dk = (u16*)p.dk + batch * p.dk_batch_stride + head_kv * p.dk_head_stride;
         u16* dv = (u16*)p.dv + batch * p.dv_batch_stride + head_kv * p.dv_head_stride;
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int key = key0 + warp * 16 + g + 8 * half;
-            if (key < seqlen_k) {
-#pragma unroll
-                for (int nt = 0; nt < kD / 8; ++nt) {
-                    const int c = nt * 8 + 2 * t;
-                    if (c < p.head_dim) {
-                        *(u32*)(dk + key * p.dk_row_stride + c) = FaElement::pack(acc_dk[nt][2 * half], acc_dk[nt][2 * half + 1]);
-                        *(u32*)(dv + key * p.dv_row_stride + c) = FaElement::pack(acc_dv[nt][2 * half], acc_dv[nt][2 * half + 1]);
-                    }
-                }
-            }
-        }
+        store_key_rows<kD / 8>(dk, p.dk_row_stride, acc_dk, p.scale, key0 + warp * 16, seqlen_k, 0, p.head_dim, lane);
+        store_key_rows<kD / 8>(dv, p.dv_row_stride, acc_dv, 1.f, key0 + warp * 16, seqlen_k, 0, p.head_dim, lane);
     }
 }
 
-// ---------------------------------------------------------------------------------------------------------
-extern "C" __global__ void flash_bwd_convert(const FlashBwdParams p) {
-    // One thread per (batch, row, head, column pair): dQ = sum over splits, in split order.
-    const long long pairs = (long long)p.batch * p.seqlen_q * p.heads_q * (p.head_dim / 2);
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < pairs; i += (long long)gridDim.x * blockDim.x) {
-        const int c = (int)(i % (p.head_dim / 2)) * 2;
-        long long rest = i / (p.head_dim / 2);
-        const int h = (int)(rest % p.heads_q);
-        rest /= p.heads_q;
-        const int r = (int)(rest % p.seqlen_q);
-        const int b = (int)(rest / p.seqlen_q);
-        const long long at = (((long long)b * p.seqlen_q + r) * p.heads_q + h) * p.head_dim + c;
-        float x = 0.f, y = 0.f;
-        for (int s = 0; s < p.splits; ++s) {
-            x += p.dq_accum[s * p.dq_accum_split_stride + at];
-            y += p.dq_accum[s * p.dq_accum_split_stride + at + 1];
-        }
-        u16* dq = (u16*)p.dq + b * p.dq_batch_stride + r * p.dq_row_stride + h * p.dq_head_stride + c;
-        *(u32*)dq = FaElement::pack(x, y);
-    }
-}

@@ -1,0 +1,270 @@
+// Shared by the FlashAttention-2 backward kernels (flash_bwd.cu for head dims up to 128, flash_bwd_wide.cu above):
+// the element type, the D pre-pass, the dQ conversion, per-lane ldmatrix offsets and the S = A B^T warp GEMM.
+// The includer defines kD (the head-dim bucket) before including this header.
+#pragma once
+#include "fa_ptx.cuh"
+#include "fa_bwd_params.cuh"
+#include "fa_tile.cuh"
+#include "fa_elements.cuh"
+
+#if FA_BF16
+typedef BfloatElem FaElement;
+#else
+typedef HalfElem FaElement;
+#endif
+
+#ifndef FA_DROPOUT
+#define FA_DROPOUT 0
+#endif
+
+constexpr int kRowBytes = kD * 2;
+
+// ---------------------------------------------------------------------------------------------------------
+extern "C" __global__ void flash_bwd_prepare(const FlashBwdParams p) {
+    // One warp per (batch, row, head): D = sum_c dO[c] * O[c].
+    const long long rows = (long long)p.batch * p.seqlen_q * p.heads_q;
+    const long long warp = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (warp < rows) {
+        const int h = (int)(warp % p.heads_q);
+        const int r = (int)((warp / p.heads_q) % p.seqlen_q);
+        const int b = (int)(warp / ((long long)p.heads_q * p.seqlen_q));
+        const u16* o = (const u16*)p.o + b * p.o_batch_stride + r * p.o_row_stride + h * p.o_head_stride;
+        const u16* d = (const u16*)p.dout + b * p.do_batch_stride + r * p.do_row_stride + h * p.do_head_stride;
+        float sum = 0.f;
+        for (int c = lane; c < p.head_dim; c += 32) sum += FaElement::to_float(o[c]) * FaElement::to_float(d[c]);
+#pragma unroll
+        for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+        if (lane == 0) p.delta[b * p.lse_batch_stride + h * p.lse_head_stride + r] = sum;
+    }
+    // Zero the dQ accumulators (all splits) with a grid-stride loop.
+    const long long total = p.dq_accum_split_stride * p.splits;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x)
+        p.dq_accum[i] = 0.f;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+extern "C" __global__ void flash_bwd_convert(const FlashBwdParams p) {
+    // One thread per (batch, row, head, column pair): dQ = sum over splits, in split order.
+    const long long pairs = (long long)p.batch * p.seqlen_q * p.heads_q * (p.head_dim / 2);
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < pairs; i += (long long)gridDim.x * blockDim.x) {
+        const int c = (int)(i % (p.head_dim / 2)) * 2;
+        long long rest = i / (p.head_dim / 2);
+        const int h = (int)(rest % p.heads_q);
+        rest /= p.heads_q;
+        const int r = (int)(rest % p.seqlen_q);
+        const int b = (int)(rest / p.seqlen_q);
+        const long long at = (((long long)b * p.seqlen_q + r) * p.heads_q + h) * p.head_dim + c;
+        float x = 0.f, y = 0.f;
+        for (int s = 0; s < p.splits; ++s) {
+            x += p.dq_accum[s * p.dq_accum_split_stride + at];
+            y += p.dq_accum[s * p.dq_accum_split_stride + at + 1];
+        }
+        u16* dq = (u16*)p.dq + b * p.dq_batch_stride + r * p.dq_row_stride + h * p.dq_head_stride + c;
+        // The main kernel leaves the softmax scale out of dS (one multiply per score saved); it enters here.
+        *(u32*)dq = FaElement::pack(x * p.scale, y * p.scale);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Per-lane ldmatrix offsets, as in the forward kernel: the swizzle depends only on lane % 8 and k % 4.
+struct LaneOffsets {
+    u32 a[4];       // A operand rows (16 per warp tile), non-transposed: row = lane % 16, chunk + lane / 16
+    u32 b[4];       // B operand (rows = n), non-transposed: row = (lane / 16) * 8 + lane % 8, chunk + (lane / 8) % 2
+    u32 bt[4];      // B operand read transposed (rows = k): row = ((lane / 8) % 2) * 8 + lane % 8, chunk + lane / 16
+};
+
+template <int D>
+__device__ __forceinline__ LaneOffsets lane_offsets(int lane) {
+    constexpr int rb = D * 2;
+    const int l8 = lane % 8;
+    LaneOffsets o;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        o.a[j] = (lane % 16) * rb + ((((lane / 16) ^ l8) ^ (2 * j)) << 4);
+        o.b[j] = ((lane / 16) * 8 + l8) * rb + (((((lane / 8) % 2) ^ l8) ^ (2 * j)) << 4);
+        o.bt[j] = (((lane / 8) % 2) * 8 + l8) * rb + ((((lane / 16) ^ l8) ^ (2 * j)) << 4);
+    }
+    return o;
+}
+
+// Per-lane offsets of the B operand read transposed ([k][d] tiles of kD columns) for the 16-byte chunk pairs
+// chunk0 + 2j (j = 0..3) of one lane's row: chunk0 need not be a multiple of 8, so the swizzle is evaluated in full.
+// Chunk pairs further on repeat every 8 chunks (128 bytes).
+__device__ __forceinline__ void lane_offsets_bt(u32 (&bt)[4], int lane, int chunk0) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) bt[j] = swizzle<kD>(((lane / 8) % 2) * 8 + lane % 8, chunk0 + 2 * j + lane / 16);
+}
+
+// Lane address offset for dQ's A operand: dS (queries x keys) read transposed, by ldmatrix .trans, out of the swizzled
+// dS^T[key][query] tile with rows of COLS queries, for query row group `group` (queries 16 * group + 0..15) and the first
+// 16 keys: lane rows = keys (lane / 16) * 8 + lane % 8, chunk = 2 * group + (lane / 8) % 2, which yields a0..a3 in order.
+// The next 16 keys are 16 rows further on (the swizzle keeps row % 8).
+template <int COLS>
+__device__ __forceinline__ u32 ds_lane_offset(int lane, int group) {
+    return swizzle<COLS>((lane / 16) * 8 + lane % 8, 2 * group + (lane / 8) % 2);
+}
+
+// acc (16 x N, N = 8 * NT) += A (16 x D rows of tile sA starting at a_row0) * B^T where B is the (N x D) tile sB:
+// the "S = Q K^T" shape, used for S^T = K Q^T and dP^T = V dO^T.
+template <int NT>
+__device__ __forceinline__ void gemm_abt(float (&acc)[NT][4], u32 sA, int a_row0, u32 sB, const LaneOffsets& lo) {
+#pragma unroll
+    for (int chunk = 0; chunk < kD / 64; ++chunk)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            u32 a[4];
+            ldmatrix_x4(a, sA + lo.a[j] + a_row0 * kRowBytes + chunk * 128);
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                u32 b[4];
+                ldmatrix_x4(b, sB + lo.b[j] + np * 16 * kRowBytes + chunk * 128);
+                FaElement::mma(acc[2 * np], a, b);
+                FaElement::mma(acc[2 * np + 1], a, b + 2);
+            }
+        }
+}
+
+
+// Stores a warp's 16 x (8 * NT) fp32 C-fragment tile as 16-bit values into a swizzled [row][column] tile with rows of
+// COLS elements, at rows row0..row0+15 and columns from 8 * chunk0. sm_90: stmatrix writes four 8x8 matrices per
+// instruction. kPositivePart stores max(x, 0) (dropout keeps dropped probabilities negated; dV takes the kept ones).
+template <int COLS, int NT, bool kPositivePart = false>
+__device__ __forceinline__ void store_frag_tile(u32 tile, int row0, int chunk0, const float (&frag)[NT][4], int lane) {
+    auto v = [](float x) { return kPositivePart ? fmaxf(x, 0.f) : x; };
+#if __CUDA_ARCH__ >= 900
+    static_assert(NT % 2 == 0, "stmatrix.x4 covers two n-tiles");
+    // Lane l gives the address of row l % 8 of matrix l / 8: matrices (rows 0-7 | 8-15) x (n-tile 2np | 2np+1).
+    const int row = row0 + ((lane / 8) & 1) * 8 + lane % 8;
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) {
+        const u32 r0 = FaElement::pack(v(frag[2 * np][0]), v(frag[2 * np][1]));
+        const u32 r1 = FaElement::pack(v(frag[2 * np][2]), v(frag[2 * np][3]));
+        const u32 r2 = FaElement::pack(v(frag[2 * np + 1][0]), v(frag[2 * np + 1][1]));
+        const u32 r3 = FaElement::pack(v(frag[2 * np + 1][2]), v(frag[2 * np + 1][3]));
+        asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};"
+                     :: "r"(tile + swizzle<COLS>(row, chunk0 + 2 * np + lane / 16)), "r"(r0), "r"(r1), "r"(r2), "r"(r3));
+    }
+#else
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const u32 packed = FaElement::pack(v(frag[nt][2 * half]), v(frag[nt][2 * half + 1]));
+            asm volatile("st.shared.u32 [%0], %1;" :: "r"(tile + swizzle<COLS>(row0 + g + 8 * half, chunk0 + nt) + 4 * t), "r"(packed));
+        }
+#endif
+}
+
+// Adds an fp32 pair to the dQ accumulator: a plain add when deterministic (the split owns its buffer), else
+// an atomic (sm_90: one vector reduction for the pair, half the atomics).
+__device__ __forceinline__ void add_dq_pair(float* at, float x, float y) {
+#if FA_DETERMINISTIC
+    at[0] += x;
+    at[1] += y;
+#elif __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" :: "l"(at), "f"(x), "f"(y) : "memory");
+#else
+    atomicAdd(at, x);
+    atomicAdd(at + 1, y);
+#endif
+}
+
+template <int NT, bool kAllColumns>
+__device__ __forceinline__ void add_dq_rows(float* dq_rows, long long row_stride, const float (&acc)[NT][4], int q_row0, int seqlen_q,
+                                            int col0, int head_dim, int lane) {
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int q = q_row0 + g + 8 * half;
+        if (q < seqlen_q) {
+            float* row = dq_rows + (long long)q * row_stride;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                const int c = col0 + nt * 8 + 2 * t;
+                if (kAllColumns || c < head_dim) add_dq_pair(row + c, acc[nt][2 * half], acc[nt][2 * half + 1]);
+            }
+        }
+    }
+}
+
+// Adds a warp's 16 x (8 * NT) dQ tile (C fragments) to accumulator rows [q_row0, +16), columns [col0, +8 * NT); columns at or
+// past head_dim (the bucket's padding) are skipped, with the checks compiled out when the whole tile is inside.
+template <int NT>
+__device__ __forceinline__ void add_dq_tile(float* dq_rows, long long row_stride, const float (&acc)[NT][4], int q_row0, int seqlen_q,
+                                            int col0, int head_dim, int lane) {
+    if (col0 + 8 * NT <= head_dim) add_dq_rows<NT, true>(dq_rows, row_stride, acc, q_row0, seqlen_q, col0, head_dim, lane);
+    else add_dq_rows<NT, false>(dq_rows, row_stride, acc, q_row0, seqlen_q, col0, head_dim, lane);
+}
+
+// Writes a warp's 16 x (8 * NT) tile of dK or dV (C fragments times `scale`) as 16-bit values to key rows [key0, +16),
+// columns [col0, +8 * NT); rows at or past seqlen_k and columns at or past head_dim are not written.
+template <int NT>
+__device__ __forceinline__ void store_key_rows(u16* base, long long row_stride, const float (&acc)[NT][4], float scale, int key0,
+                                               int seqlen_k, int col0, int head_dim, int lane) {
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int key = key0 + g + 8 * half;
+        if (key < seqlen_k) {
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                const int c = col0 + nt * 8 + 2 * t;
+                if (c < head_dim) *(u32*)(base + key * row_stride + c) = FaElement::pack(acc[nt][2 * half] * scale, acc[nt][2 * half + 1] * scale);
+            }
+        }
+    }
+}
+
+// P^T = exp2(S^T * scale*log2(e) - LSE*log2(e)) in place over a warp's 16 keys x 8*NT queries (C fragments): rows are keys
+// key_row0 + g (+8), columns queries q_col0 + 8*nt + 2t (+1), whose LSE * log2(e) are at lse2[8*nt + 2t] (padded query
+// rows carry +inf there, so their P is exactly 0). need_mask applies the seqlen_k tail and the window (bottom-right
+// aligned: offset = seqlen_k - seqlen_q). With dropout, a kept P becomes P / (1 - p), the value forward's P V used, and a
+// dropped one -P: the sign carries the mask to dV and dS.
+template <int NT>
+__device__ __forceinline__ void probabilities_t(float (&acc)[NT][4], const FlashBwdParams& p, const float* lse2, int key_row0, int q_col0,
+                                                int offset, int seqlen_k, bool need_mask, int stream, int lane) {
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        const float2 l = *(const float2*)(lse2 + nt * 8 + 2 * t);   // the thread's two query columns in one 8-byte load
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int query = q_col0 + nt * 8 + 2 * t + (i & 1), key = key_row0 + g + (i >= 2 ? 8 : 0);
+            float x = fmaf(acc[nt][i], p.scale_log2, -((i & 1) ? l.y : l.x));
+            if (need_mask) {
+                const int diagonal = query + offset;
+                const bool hidden = key >= seqlen_k || (p.window_right >= 0 && key > diagonal + p.window_right)
+                    || (p.window_left >= 0 && key < diagonal - p.window_left);
+                if (hidden) x = -FA_INF;
+            }
+            acc[nt][i] = fast_exp2(x);
+#if FA_DROPOUT
+            const PhiloxWords w = dropout_words(p.dropout, (unsigned int)stream, query, key);
+            acc[nt][i] = word_of(w, key) >= p.dropout.keep_threshold ? acc[nt][i] * p.dropout.keep_scale : -acc[nt][i];
+#endif
+        }
+    }
+}
+
+// dS^T = P^T * (dP^T - D) in place in dp (C fragments as in probabilities_t; D of the thread's query columns at
+// delta[8*nt + 2t]). The softmax scale is left out: it enters dK and dQ once, at the end.
+template <int NT>
+__device__ __forceinline__ void ds_from_dp(float (&dp)[NT][4], const float (&pt)[NT][4], const float* delta, const FlashBwdParams& p, int lane) {
+    const int t = lane % 4;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        const float2 d = *(const float2*)(delta + nt * 8 + 2 * t);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float delta_q = (i & 1) ? d.y : d.x, x = pt[nt][i];
+#if FA_DROPOUT
+            // dS = P * (Z * dP / (1 - p) - D): kept (x = P / (1 - p)): x * (dP - D (1 - p)); dropped (x = -P): x * D.
+            dp[nt][i] = x >= 0.f ? x * (dp[nt][i] - delta_q / p.dropout.keep_scale) : x * delta_q;
+#else
+            dp[nt][i] = x * (dp[nt][i] - delta_q);
+#endif
+        }
+    }
+}

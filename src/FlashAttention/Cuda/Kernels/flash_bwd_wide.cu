@@ -1,0 +1,175 @@
+// FlashAttention-2 backward main kernel (sm_80+) for head dims 192 and 256, where one warp cannot hold 16 keys' dK and
+// dV across the whole head dim in registers (flash_bwd.cu's layout). The D pre-pass and dQ conversion are the same
+// (fa_bwd_common.cuh). One CTA of 8 warps per (64-key block, kv head, batch), or per deterministic split, looping over
+// the query heads of its GQA group and the 64-query blocks that see the key block:
+//   1. warp (key group kg = warp % 4, query half qh = warp / 4) computes its 16 x 32 tile of S^T = K Q^T, P^T, dP^T = V dO^T
+//      and dS^T = P^T * (dP^T - D), and stores P^T and dS^T to shared memory (16 bits);
+//   2. warp (key group kg, head-dim half dh = warp / 4) adds dV += P^T dO and dK += dS^T Q over the whole query block
+//      for its 16 keys and kD / 2 columns, reading P^T and dS^T back as A operands (no GEMM is done twice);
+//   3. warp (query row group warp % 4, head-dim half) adds dQ += dS K to the fp32 accumulators, 32 columns at a time.
+// The softmax scale is applied once, to dK here and to dQ in the conversion.
+// Variant (-D options): FA_HEAD_DIM (192, 256), FA_BF16, FA_DETERMINISTIC, FA_DROPOUT.
+constexpr int kD = FA_HEAD_DIM;
+#include "fa_bwd_common.cuh"
+
+constexpr int kBlockN = 64;            // keys per CTA
+constexpr int kBlockM = 64;            // queries per iteration
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kHalfD = kD / 2;         // head-dim columns per warp in steps 2 and 3
+constexpr int kDqPassCols = 32;        // dQ columns per pass (bounds the accumulator registers)
+static_assert(kD % 64 == 0 && kHalfD % kDqPassCols == 0, "head-dim bucket");
+
+// acc (16 x 8*NT) += A (16 x kBlockM: rows of the swizzled [row][query] tile sA, a_off from lane_offsets<kBlockM>.a plus
+// the warp's row base) * B (kBlockM x 8*NT: the [query][d] tile sB read transposed at the columns bt[] address).
+template <int NT>
+__device__ __forceinline__ void gemm_smem_a(float (&acc)[NT][4], u32 sA, const u32 (&a_off)[4], u32 sB, const u32 (&bt)[4]) {
+#pragma unroll
+    for (int kk = 0; kk < kBlockM / 16; ++kk) {
+        u32 a[4];
+        ldmatrix_x4(a, sA + a_off[kk & 3] + (kk >> 2) * 128);
+#pragma unroll
+        for (int dp = 0; dp < NT / 2; ++dp) {
+            u32 b[4];
+            ldmatrix_x4_trans(b, sB + bt[dp & 3] + (dp >> 2) * 128 + kk * 16 * kRowBytes);
+            FaElement::mma(acc[2 * dp], a, b);
+            FaElement::mma(acc[2 * dp + 1], a, b + 2);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(kThreads, 1) flash_bwd_kernel(const FlashBwdParams p) {
+    // Shared memory: K, V (this CTA's key block), P^T and dS^T ([key][query]), two stages of (Q, dO) and their per-query
+    // LSE * log2(e) and D, so the next query block streams in while the current one is computed.
+    extern __shared__ __align__(128) unsigned char smem[];
+    const u32 sK = smem_addr(smem), sV = sK + kBlockN * kRowBytes, sPT = sV + kBlockN * kRowBytes, sDS = sPT + kBlockN * kBlockM * 2;
+    const u32 sStage0 = sDS + kBlockN * kBlockM * 2;
+    constexpr u32 kStageBytes = 2 * kBlockM * kRowBytes;
+    float* sScalars = (float*)(smem + (sStage0 - sK) + 2 * kStageBytes);   // [stage][LSE2 | D][kBlockM]
+
+    const int head_kv = blockIdx.y, batch = blockIdx.z;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int key_group = warp % 4, side = warp / 4;   // step 1: query half; steps 2 and 3: head-dim half
+    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, offset = seqlen_k - seqlen_q;
+    const int group = p.heads_q / p.heads_kv;
+    const int n_blocks = (seqlen_k + kBlockN - 1) / kBlockN;
+    const LaneOffsets lo = lane_offsets<kD>(lane);
+    const LaneOffsets lo_pt = lane_offsets<kBlockM>(lane);   // the P^T and dS^T tiles' rows are kBlockM queries
+    u32 a_rows[4], bt_half[4];                                // step 2's A rows (this warp's keys) and B columns (its half)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) a_rows[j] = lo_pt.a[j] + key_group * 16 * (kBlockM * 2);   // + rows: the swizzle keeps row % 8
+    lane_offsets_bt(bt_half, lane, side * kHalfD / 8);
+    constexpr float kLog2e = 1.4426950408889634f;
+
+    const u16* k_base = (const u16*)p.k + batch * p.k_batch_stride + head_kv * p.k_head_stride;
+    const u16* v_base = (const u16*)p.v + batch * p.v_batch_stride + head_kv * p.v_head_stride;
+    float* dq_accum = p.dq_accum + (FA_DETERMINISTIC ? blockIdx.x * p.dq_accum_split_stride : 0);
+
+    for (int n_block = blockIdx.x; n_block < n_blocks; n_block += gridDim.x) {
+        const int key0 = n_block * kBlockN;
+        __syncthreads();  // the previous key block is done with every tile
+        load_tile<kD, kBlockN, kThreads>(sK, k_base, p.k_row_stride, key0, seqlen_k, p.head_dim, tid);
+        load_tile<kD, kBlockN, kThreads>(sV, v_base, p.v_row_stride, key0, seqlen_k, p.head_dim, tid);
+        cp_async_commit();
+
+        // Queries that may see a key of this block (bottom-right aligned window).
+        const int last_key = min(key0 + kBlockN, seqlen_k) - 1;
+        int q_begin = 0, q_end = seqlen_q;
+        if (p.window_right >= 0) q_begin = max(0, key0 - offset - p.window_right);
+        if (p.window_left >= 0) q_end = min(seqlen_q, last_key - offset + p.window_left + 1);
+        const int m_first = q_begin / kBlockM, m_last = q_end > q_begin ? (q_end - 1) / kBlockM : m_first - 1;
+
+        float acc_dk[kHalfD / 8][4], acc_dv[kHalfD / 8][4];
+#pragma unroll
+        for (int i = 0; i < kHalfD / 8; ++i)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc_dk[i][c] = acc_dv[i][c] = 0.f;
+
+        // One flat loop over (query head of the group, query block), double-buffered: stage it % 2 holds block it.
+        const int m_count = m_last - m_first + 1, iterations = m_count > 0 ? group * m_count : 0;
+        auto load_stage = [&](int it) {
+            const int head = head_kv * group + it / m_count, q0 = (m_first + it % m_count) * kBlockM;
+            const u32 sQn = sStage0 + (it % 2) * kStageBytes, sDOn = sQn + kBlockM * kRowBytes;
+            load_tile<kD, kBlockM, kThreads>(sQn, (const u16*)p.q + batch * p.q_batch_stride + head * p.q_head_stride, p.q_row_stride, q0, seqlen_q, p.head_dim, tid);
+            load_tile<kD, kBlockM, kThreads>(sDOn, (const u16*)p.dout + batch * p.do_batch_stride + head * p.do_head_stride, p.do_row_stride, q0, seqlen_q, p.head_dim, tid);
+            cp_async_commit();
+            if (tid < kBlockM) {
+                const int q = q0 + tid;
+                const long long at = batch * p.lse_batch_stride + head * p.lse_head_stride + q;
+                float* scalars = sScalars + (it % 2) * 2 * kBlockM;
+                // Padded query rows: LSE = +inf makes their P exactly 0.
+                scalars[tid] = q < seqlen_q ? p.lse[at] * kLog2e : FA_INF;
+                scalars[kBlockM + tid] = q < seqlen_q ? p.delta[at] : 0.f;
+            }
+        };
+        if (iterations > 0) load_stage(0);
+        for (int it = 0; it < iterations; ++it) {
+            const int head = head_kv * group + it / m_count, q0 = (m_first + it % m_count) * kBlockM;
+            const u32 sQ = sStage0 + (it % 2) * kStageBytes, sDO = sQ + kBlockM * kRowBytes;
+            const float* sLse2 = sScalars + (it % 2) * 2 * kBlockM;
+            const float* sDelta = sLse2 + kBlockM;
+            cp_async_wait<0>();
+            __syncthreads();  // stage it (and K, V) landed; every warp is done with stage it - 1, P^T and dS^T
+            if (it + 1 < iterations) load_stage(it + 1);
+            {
+                // Step 1: this warp's 16 keys x 32 queries of S^T, P^T, dP^T and dS^T.
+                const int q_col = side * 32;
+                float acc_s[4][4], acc_dp[4][4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) acc_s[i][c] = acc_dp[i][c] = 0.f;
+                gemm_abt<4>(acc_s, sK, key_group * 16, sQ + q_col * kRowBytes, lo);
+                const bool need_mask = key0 + kBlockN > seqlen_k
+                    || (p.window_right >= 0 && key0 + kBlockN - 1 > q0 + offset + p.window_right)
+                    || (p.window_left >= 0 && key0 < q0 + kBlockM - 1 + offset - p.window_left);
+                probabilities_t(acc_s, p, sLse2 + q_col, key0 + key_group * 16, q0 + q_col, offset, seqlen_k, need_mask,
+                                batch * p.heads_q + head, lane);
+                gemm_abt<4>(acc_dp, sV, key_group * 16, sDO + q_col * kRowBytes, lo);
+                ds_from_dp(acc_dp, acc_s, sDelta + q_col, p, lane);
+                // P^T for dV (with dropout: the kept P / (1 - p), dropped ones 0) and dS^T, columns [q_col, q_col + 32).
+                store_frag_tile<kBlockM, 4, FA_DROPOUT != 0>(sPT, key_group * 16, q_col / 8, acc_s, lane);
+                store_frag_tile<kBlockM, 4>(sDS, key_group * 16, q_col / 8, acc_dp, lane);
+            }
+            __syncthreads();  // P^T and dS^T complete
+
+            // Step 2: dV += P^T dO and dK += dS^T Q for this warp's 16 keys and head-dim half.
+            gemm_smem_a<kHalfD / 8>(acc_dv, sPT, a_rows, sDO, bt_half);
+            gemm_smem_a<kHalfD / 8>(acc_dk, sDS, a_rows, sQ, bt_half);
+
+            // Step 3: dQ rows [q0 + 16 r, +16) (r = warp % 4) += dS K over this warp's head-dim half, kDqPassCols at a time:
+            // A = dS read transposed out of dS^T[key][query], B = K read transposed.
+            const int dq_group = key_group;
+            const u32 ds_offset = ds_lane_offset<kBlockM>(lane, dq_group);
+            float* dq_rows = dq_accum + (((long long)batch * seqlen_q) * p.heads_q + head) * p.head_dim;
+#pragma unroll
+            for (int pass = 0; pass < kHalfD / kDqPassCols; ++pass) {
+                float acc_dq[kDqPassCols / 8][4];
+#pragma unroll
+                for (int i = 0; i < kDqPassCols / 8; ++i) acc_dq[i][0] = acc_dq[i][1] = acc_dq[i][2] = acc_dq[i][3] = 0.f;
+#pragma unroll
+                for (int kk = 0; kk < kBlockN / 16; ++kk) {
+                    u32 a[4];
+                    ldmatrix_x4_trans(a, sDS + ds_offset + kk * 16 * (kBlockM * 2));
+#pragma unroll
+                    for (int dp = 0; dp < kDqPassCols / 16; ++dp) {
+                        // Chunk pair (pass * kDqPassCols / 16 + dp) of this half: bt_half[] repeats every 4 pairs.
+                        const int pair = pass * (kDqPassCols / 16) + dp;
+                        u32 b[4];
+                        ldmatrix_x4_trans(b, sK + bt_half[pair & 3] + (pair >> 2) * 128 + kk * 16 * kRowBytes);
+                        FaElement::mma(acc_dq[2 * dp], a, b);
+                        FaElement::mma(acc_dq[2 * dp + 1], a, b + 2);
+                    }
+                }
+                add_dq_tile<kDqPassCols / 8>(dq_rows, (long long)p.heads_q * p.head_dim, acc_dq, q0 + dq_group * 16, seqlen_q,
+                                             side * kHalfD + pass * kDqPassCols, p.head_dim, lane);
+            }
+        }
+
+        // dK, dV of this key block: this warp's 16 keys and head-dim half (rows past seqlen_k are not written).
+        u16* dk = (u16*)p.dk + batch * p.dk_batch_stride + head_kv * p.dk_head_stride;
+        u16* dv = (u16*)p.dv + batch * p.dv_batch_stride + head_kv * p.dv_head_stride;
+        store_key_rows<kHalfD / 8>(dk, p.dk_row_stride, acc_dk, p.scale, key0 + key_group * 16, seqlen_k, side * kHalfD, p.head_dim, lane);
+        store_key_rows<kHalfD / 8>(dv, p.dv_row_stride, acc_dv, 1.f, key0 + key_group * 16, seqlen_k, side * kHalfD, p.head_dim, lane);
+    }
+}
