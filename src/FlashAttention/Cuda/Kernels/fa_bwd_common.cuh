@@ -222,9 +222,9 @@ __device__ __forceinline__ void store_key_rows(u16* base, long long row_stride, 
 // rows carry +inf there, so their P is exactly 0). need_mask applies the seqlen_k tail and the window (bottom-right
 // aligned: offset = seqlen_k - seqlen_q). With dropout, a kept P becomes P / (1 - p), the value forward's P V used, and a
 // dropped one -P: the sign carries the mask to dV and dS.
-template <int NT>
-__device__ __forceinline__ void probabilities_t(float (&acc)[NT][4], const FlashBwdParams& p, const float* lse2, int key_row0, int q_col0,
-                                                int offset, int seqlen_k, bool need_mask, int stream, int lane) {
+template <int NT, bool kMask>
+__device__ __forceinline__ void probabilities_t_pass(float (&acc)[NT][4], const FlashBwdParams& p, const float* lse2, int key_row0, int q_col0,
+                                                     int offset, int seqlen_k, int stream, int lane) {
     const int g = lane / 4, t = lane % 4;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
@@ -233,7 +233,7 @@ __device__ __forceinline__ void probabilities_t(float (&acc)[NT][4], const Flash
         for (int i = 0; i < 4; ++i) {
             const int query = q_col0 + nt * 8 + 2 * t + (i & 1), key = key_row0 + g + (i >= 2 ? 8 : 0);
             float x = fmaf(acc[nt][i], p.scale_log2, -((i & 1) ? l.y : l.x));
-            if (need_mask) {
+            if (kMask) {
                 const int diagonal = query + offset;
                 const bool hidden = key >= seqlen_k || (p.window_right >= 0 && key > diagonal + p.window_right)
                     || (p.window_left >= 0 && key < diagonal - p.window_left);
@@ -246,6 +246,14 @@ __device__ __forceinline__ void probabilities_t(float (&acc)[NT][4], const Flash
 #endif
         }
     }
+}
+
+// The mask is a compile-time pass: blocks that need no mask (most of them) run no per-element test or branch.
+template <int NT>
+__device__ __forceinline__ void probabilities_t(float (&acc)[NT][4], const FlashBwdParams& p, const float* lse2, int key_row0, int q_col0,
+                                                int offset, int seqlen_k, bool need_mask, int stream, int lane) {
+    if (need_mask) probabilities_t_pass<NT, true>(acc, p, lse2, key_row0, q_col0, offset, seqlen_k, stream, lane);
+    else probabilities_t_pass<NT, false>(acc, p, lse2, key_row0, q_col0, offset, seqlen_k, stream, lane);
 }
 
 // dS^T = P^T * (dP^T - D) in place in dp (C fragments as in probabilities_t; D of the thread's query columns at

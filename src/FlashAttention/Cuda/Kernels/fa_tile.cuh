@@ -38,3 +38,35 @@ __device__ __forceinline__ void load_tile(u32 tile, const u16* base, long long r
         cp_async_16(tile + swizzle<D>(r, c), src, inside ? 16 : 0);
     }
 }
+
+// load_tile for blocks known to lie wholly inside (row0 + ROWS <= row_limit, head_dim == D), with the per-chunk address
+// arithmetic hoisted: when THREADS is a multiple of the chunks per row, thread tid copies column chunk tid % chunks of
+// rows tid / chunks + i * kRowsPerPass, and kRowsPerPass is a multiple of 8, so the swizzled destination of every one of
+// its chunks is its first one plus a constant and the source is its first one plus i row steps. `block` points at row0.
+template <int D, int ROWS, int THREADS>
+__device__ __forceinline__ void load_tile_inside(u32 tile, const u16* block, long long row_stride, int tid) {
+    constexpr int kChunks = D / 8, kRowsPerPass = THREADS / kChunks;
+    static_assert(THREADS % kChunks == 0 && kRowsPerPass % 8 == 0 && ROWS % kRowsPerPass == 0, "chunk layout");
+    const int r = tid / kChunks, c = tid % kChunks;
+    const u16* src = block + r * row_stride + c * 8;
+    const u32 dst = tile + swizzle<D>(r, c);
+    const long long step = kRowsPerPass * row_stride;
+#pragma unroll
+    for (int i = 0; i < ROWS / kRowsPerPass; ++i) cp_async_16(dst + i * kRowsPerPass * (D * 2), src + i * step, 16);
+}
+
+// Whether load_tile_inside applies to this tile shape.
+template <int D, int THREADS>
+__host__ __device__ constexpr bool tile_inside_layout() { return THREADS % (D / 8) == 0 && (THREADS / (D / 8)) % 8 == 0; }
+
+// load_tile with the hoisted fast path for blocks wholly inside.
+template <int D, int ROWS, int THREADS>
+__device__ __forceinline__ void load_tile_fast(u32 tile, const u16* base, long long row_stride, int row0, int row_limit, int head_dim, int tid) {
+    if constexpr (tile_inside_layout<D, THREADS>()) {
+        if (row0 + ROWS <= row_limit && head_dim == D) {
+            load_tile_inside<D, ROWS, THREADS>(tile, base + row0 * row_stride, row_stride, tid);
+            return;
+        }
+    }
+    load_tile<D, ROWS, THREADS>(tile, base, row_stride, row0, row_limit, head_dim, tid);
+}

@@ -106,11 +106,10 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
 
         // One flat loop over (query head of the group, query block), double-buffered: stage it % 2 holds block it.
         const int m_count = m_last - m_first + 1, iterations = m_count > 0 ? group * m_count : 0;
-        auto load_stage = [&](int it) {
-            const int head = head_kv * group + it / m_count, q0 = (m_first + it % m_count) * kBlockM;
+        auto load_stage = [&](int it, int head, int q0) {
             const u32 sQn = sStage0 + (it % 2) * kStageBytes, sDOn = sQn + kBlockM * kRowBytes;
-            load_tile<kD, kBlockM, kThreads>(sQn, (const u16*)p.q + batch * p.q_batch_stride + head * p.q_head_stride, p.q_row_stride, q0, seqlen_q, p.head_dim, tid);
-            load_tile<kD, kBlockM, kThreads>(sDOn, (const u16*)p.dout + batch * p.do_batch_stride + head * p.do_head_stride, p.do_row_stride, q0, seqlen_q, p.head_dim, tid);
+            load_tile_fast<kD, kBlockM, kThreads>(sQn, (const u16*)p.q + batch * p.q_batch_stride + head * p.q_head_stride, p.q_row_stride, q0, seqlen_q, p.head_dim, tid);
+            load_tile_fast<kD, kBlockM, kThreads>(sDOn, (const u16*)p.dout + batch * p.do_batch_stride + head * p.do_head_stride, p.do_row_stride, q0, seqlen_q, p.head_dim, tid);
             cp_async_commit();
             if (tid < kBlockM) {
                 const int q = q0 + tid;
@@ -121,15 +120,18 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
                 scalars[kBlockM + tid] = q < seqlen_q ? p.delta[at] : 0.f;
             }
         };
-        if (iterations > 0) load_stage(0);
-        for (int it = 0; it < iterations; ++it) {
-            const int head = head_kv * group + it / m_count, q0 = (m_first + it % m_count) * kBlockM;
+        // (head, m_block) of iteration it, advanced by counting (no integer division in the loop).
+        int head = head_kv * group, m_block = m_first;
+        if (iterations > 0) load_stage(0, head, m_block * kBlockM);
+        for (int it = 0; it < iterations; ++it, head += m_block == m_last, m_block = m_block == m_last ? m_first : m_block + 1) {
+            const int q0 = m_block * kBlockM;
+            const int next_head = m_block == m_last ? head + 1 : head, next_m_block = m_block == m_last ? m_first : m_block + 1;
             const u32 sQ = sStage0 + (it % 2) * kStageBytes, sDO = sQ + kBlockM * kRowBytes;
             const float* sLse2 = sScalars + (it % 2) * 2 * kBlockM;
             const float* sDelta = sLse2 + kBlockM;
             cp_async_wait<0>();
             __syncthreads();  // stage it (and K, V) landed; every warp is done with stage it - 1 and with dS
-            if (it + 1 < iterations) load_stage(it + 1);
+            if (it + 1 < iterations) load_stage(it + 1, next_head, next_m_block * kBlockM);
             {
                 // S^T = K Q^T for this warp's 16 keys, then P^T = exp2(S^T * scale*log2e - LSE*log2e).
                 float acc_s[kBlockM / 8][4];

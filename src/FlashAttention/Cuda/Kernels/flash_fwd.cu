@@ -103,7 +103,7 @@ __device__ __forceinline__ void flash_fwd_block(const FlashFwdParams& p) {
 
         cp_async_wait<0>();
         __syncthreads();  // K[n] has landed; every warp is done reading V[n+1]
-        load_tile<D, BN, kThreads>(sV, v, p.v_row_stride, n_block * BN, seqlen_k, p.head_dim, tid);
+        load_tile_fast<D, BN, kThreads>(sV, v, p.v_row_stride, n_block * BN, seqlen_k, p.head_dim, tid);
         cp_async_commit();
 
         // S = Q K^T on tensor cores, 64 columns of d at a time. The four k-steps inside a chunk are unrolled,
@@ -206,7 +206,7 @@ __device__ __forceinline__ void flash_fwd_block(const FlashFwdParams& p) {
         cp_async_wait<0>();
         __syncthreads();  // V[n] has landed; every warp is done reading K[n]
         if (n_block > n_block_min) {
-            load_tile<D, BN, kThreads>(sK, k, p.k_row_stride, (n_block - 1) * BN, seqlen_k, p.head_dim, tid);
+            load_tile_fast<D, BN, kThreads>(sK, k, p.k_row_stride, (n_block - 1) * BN, seqlen_k, p.head_dim, tid);
             cp_async_commit();
         }
 
