@@ -11,7 +11,8 @@ namespace FlashAttn.Cuda;
 /// <param name="Deterministic">dQ through per-split buffers summed in order instead of atomics.</param>
 /// <param name="BlockN">Keys per CTA: 64 or 128 for the narrow kernel (128: half the dQ reductions and Q/dO reloads per
 /// FLOP); 64 for the wide one.</param>
-/// <param name="BlockM">Queries per step: 64, or 128 for the narrow kernel at head dim 64.</param>
+/// <param name="BlockM">Queries per step: 64 (measured; 128 is a tuning override for the narrow kernel, +1-2% at head dim 64
+/// at 255 registers, bench/NOTES.md).</param>
 /// <param name="Dropout">Compile the Philox dropout in (the mask is regenerated, never stored).</param>
 internal sealed record BackwardVariant(int HeadDimBucket, bool BFloat16, bool Deterministic, int BlockN, int BlockM, bool Dropout = false)
 {
@@ -28,7 +29,7 @@ internal sealed record BackwardVariant(int HeadDimBucket, bool BFloat16, bool De
     {
         int bucket = ForwardVariant.BucketOf(headDim);
         return bucket <= 128
-            ? new(bucket, bfloat16, deterministic, BlockNOverride ?? 128, BlockMOverride ?? DefaultBlockM(bucket), dropout)
+            ? new(bucket, bfloat16, deterministic, BlockNOverride ?? 128, BlockMOverride ?? 64, dropout)
             : new(bucket, bfloat16, deterministic, 64, 64, dropout);
     }
 
@@ -52,9 +53,6 @@ internal sealed record BackwardVariant(int HeadDimBucket, bool BFloat16, bool De
         "-DFA_DETERMINISTIC=" + (Deterministic ? "1" : "0"), "-DFA_BLOCK_N=" + BlockN.ToString(CultureInfo.InvariantCulture),
         "-DFA_BLOCK_M=" + BlockM.ToString(CultureInfo.InvariantCulture), "-DFA_DROPOUT=" + (Dropout ? "1" : "0"),
     ];
-
-    // Measured on the H100 (bench/NOTES.md, backward versions): 64 queries per step at both head dims for now.
-    private static int DefaultBlockM(int bucket) => 64;
 
     private static int? ReadBlockOverride(string variable) =>
         int.TryParse(Environment.GetEnvironmentVariable(variable), out int n) && n is 64 or 128 ? n : null;
