@@ -276,3 +276,39 @@ __device__ __forceinline__ void ds_from_dp(float (&dp)[NT][4], const float (&pt)
         }
     }
 }
+
+// Query blocks [m_first, m_last] that may see a key of [key0, key0 + block_n) (bottom-right aligned window);
+// m_last < m_first when none does.
+__device__ __forceinline__ void query_block_range(const FlashBwdParams& p, int key0, int block_n, int block_m, int& m_first, int& m_last) {
+    const int offset = p.seqlen_k - p.seqlen_q, last_key = min(key0 + block_n, p.seqlen_k) - 1;
+    int q_begin = 0, q_end = p.seqlen_q;
+    if (p.window_right >= 0) q_begin = max(0, key0 - offset - p.window_right);
+    if (p.window_left >= 0) q_end = min(p.seqlen_q, last_key - offset + p.window_left + 1);
+    m_first = q_begin / block_m;
+    m_last = q_end > q_begin ? (q_end - 1) / block_m : m_first - 1;
+}
+
+// Starts streaming one step's inputs into a stage: the (BM x kD) Q and dO tiles at sQ and sQ + BM rows (cp.async, one
+// commit group), and the block's LSE * log2(e) and D into scalars[0, BM) and scalars[BM, 2 BM). Padded query rows get
+// LSE = +inf, which makes their P exactly 0.
+template <int BM, int THREADS>
+__device__ __forceinline__ void load_query_stage(const FlashBwdParams& p, u32 sQ, float* scalars, int batch, int head, int q0, int tid) {
+    load_tile_fast<kD, BM, THREADS>(sQ, (const u16*)p.q + batch * p.q_batch_stride + head * p.q_head_stride, p.q_row_stride, q0, p.seqlen_q, p.head_dim, tid);
+    load_tile_fast<kD, BM, THREADS>(sQ + BM * kRowBytes, (const u16*)p.dout + batch * p.do_batch_stride + head * p.do_head_stride, p.do_row_stride,
+                                    q0, p.seqlen_q, p.head_dim, tid);
+    cp_async_commit();
+    if (tid < BM) {
+        const int q = q0 + tid;
+        const long long at = batch * p.lse_batch_stride + head * p.lse_head_stride + q;
+        scalars[tid] = q < p.seqlen_q ? p.lse[at] * 1.4426950408889634f : FA_INF;
+        scalars[BM + tid] = q < p.seqlen_q ? p.delta[at] : 0.f;
+    }
+}
+
+// Whether the (key block x query block) tile crosses the seqlen_k tail or a window edge, so it needs the masked pass.
+__device__ __forceinline__ bool tile_needs_mask(const FlashBwdParams& p, int key0, int block_n, int q0, int block_m) {
+    const int offset = p.seqlen_k - p.seqlen_q;
+    return key0 + block_n > p.seqlen_k
+        || (p.window_right >= 0 && key0 + block_n - 1 > q0 + offset + p.window_right)
+        || (p.window_left >= 0 && key0 < q0 + block_m - 1 + offset - p.window_left);
+}

@@ -59,7 +59,6 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) flash_bwd_kernel(const
 #pragma unroll
     for (int j = 0; j < 4; ++j) a_rows[j] = lo_pt.a[j] + key_group * 16 * (kBlockM * 2);   // + rows: the swizzle keeps row % 8
     lane_offsets_bt(bt_half, lane, side * kHalfD / 8);
-    constexpr float kLog2e = 1.4426950408889634f;
 
     const u16* k_base = (const u16*)p.k + batch * p.k_batch_stride + head_kv * p.k_head_stride;
     const u16* v_base = (const u16*)p.v + batch * p.v_batch_stride + head_kv * p.v_head_stride;
@@ -72,12 +71,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) flash_bwd_kernel(const
         load_tile<kD, kBlockN, kThreads>(sV, v_base, p.v_row_stride, key0, seqlen_k, p.head_dim, tid);
         cp_async_commit();
 
-        // Queries that may see a key of this block (bottom-right aligned window).
-        const int last_key = min(key0 + kBlockN, seqlen_k) - 1;
-        int q_begin = 0, q_end = seqlen_q;
-        if (p.window_right >= 0) q_begin = max(0, key0 - offset - p.window_right);
-        if (p.window_left >= 0) q_end = min(seqlen_q, last_key - offset + p.window_left + 1);
-        const int m_first = q_begin / kBlockM, m_last = q_end > q_begin ? (q_end - 1) / kBlockM : m_first - 1;
+        int m_first, m_last;
+        query_block_range(p, key0, kBlockN, kBlockM, m_first, m_last);
 
         float acc_dk[kHalfD / 8][4], acc_dv[kHalfD / 8][4];
 #pragma unroll
@@ -87,32 +82,19 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) flash_bwd_kernel(const
 
         // One flat loop over (query head of the group, query block), double-buffered: stage it % 2 holds block it.
         const int m_count = m_last - m_first + 1, iterations = m_count > 0 ? group * m_count : 0;
-        auto load_stage = [&](int it, int head, int q0) {
-            const u32 sQn = sStage0 + (it % 2) * kStageBytes, sDOn = sQn + kBlockM * kRowBytes;
-            load_tile_fast<kD, kBlockM, kThreads>(sQn, (const u16*)p.q + batch * p.q_batch_stride + head * p.q_head_stride, p.q_row_stride, q0, seqlen_q, p.head_dim, tid);
-            load_tile_fast<kD, kBlockM, kThreads>(sDOn, (const u16*)p.dout + batch * p.do_batch_stride + head * p.do_head_stride, p.do_row_stride, q0, seqlen_q, p.head_dim, tid);
-            cp_async_commit();
-            if (tid < kBlockM) {
-                const int q = q0 + tid;
-                const long long at = batch * p.lse_batch_stride + head * p.lse_head_stride + q;
-                float* scalars = sScalars + (it % 2) * 2 * kBlockM;
-                // Padded query rows: LSE = +inf makes their P exactly 0.
-                scalars[tid] = q < seqlen_q ? p.lse[at] * kLog2e : FA_INF;
-                scalars[kBlockM + tid] = q < seqlen_q ? p.delta[at] : 0.f;
-            }
-        };
         // (head, m_block) of iteration it, advanced by counting (no integer division in the loop).
         int head = head_kv * group, m_block = m_first;
-        if (iterations > 0) load_stage(0, head, m_block * kBlockM);
+        if (iterations > 0) load_query_stage<kBlockM, kThreads>(p, sStage0, sScalars, batch, head, m_block * kBlockM, tid);
         for (int it = 0; it < iterations; ++it, head += m_block == m_last, m_block = m_block == m_last ? m_first : m_block + 1) {
             const int q0 = m_block * kBlockM;
-            const int next_head = m_block == m_last ? head + 1 : head, next_m_block = m_block == m_last ? m_first : m_block + 1;
             const u32 sQ = sStage0 + (it % 2) * kStageBytes, sDO = sQ + kBlockM * kRowBytes;
             const float* sLse2 = sScalars + (it % 2) * 2 * kBlockM;
             const float* sDelta = sLse2 + kBlockM;
             cp_async_wait<0>();
             __syncthreads();  // stage it (and K, V) landed; every warp is done with stage it - 1, P^T and dS^T
-            if (it + 1 < iterations) load_stage(it + 1, next_head, next_m_block * kBlockM);
+            if (it + 1 < iterations)   // the next step's (head, block), as the loop's increment computes it
+                load_query_stage<kBlockM, kThreads>(p, sStage0 + ((it + 1) % 2) * kStageBytes, sScalars + ((it + 1) % 2) * 2 * kBlockM, batch,
+                                                    m_block == m_last ? head + 1 : head, (m_block == m_last ? m_first : m_block + 1) * kBlockM, tid);
             {
                 // Step 1: this warp's 16 keys x 32 queries of S^T, P^T, dP^T and dS^T.
                 const int q_col = side * 32;
@@ -122,9 +104,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) flash_bwd_kernel(const
 #pragma unroll
                     for (int c = 0; c < 4; ++c) acc_s[i][c] = acc_dp[i][c] = 0.f;
                 gemm_abt<4>(acc_s, sK, key_group * 16, sQ + q_col * kRowBytes, lo);
-                const bool need_mask = key0 + kBlockN > seqlen_k
-                    || (p.window_right >= 0 && key0 + kBlockN - 1 > q0 + offset + p.window_right)
-                    || (p.window_left >= 0 && key0 < q0 + kBlockM - 1 + offset - p.window_left);
+                const bool need_mask = tile_needs_mask(p, key0, kBlockN, q0, kBlockM);
                 probabilities_t(acc_s, p, sLse2 + q_col, key0 + key_group * 16, q0 + q_col, offset, seqlen_k, need_mask,
                                 batch * p.heads_q + head, lane);
                 gemm_abt<4>(acc_dp, sV, key_group * 16, sDO + q_col * kRowBytes, lo);
