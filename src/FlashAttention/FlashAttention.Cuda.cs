@@ -13,9 +13,9 @@ public static partial class FlashAttention
     /// <param name="q">(batch, seqlen_q, heads_q, headdim), System.Half or BFloat16, headdim 1..256 and contiguous.</param>
     /// <param name="k">(batch, seqlen_k, heads_kv, headdim); heads_kv divides heads_q.</param>
     /// <param name="v">Same shape as k.</param>
-    /// <param name="options">Causal, scale, window, dropout and <see cref="AttentionOptions.ReturnProbabilities"/> run on the GPU
-    /// (dropout draws the same Philox mask as the CPU path; probabilities land in <see cref="CudaAttentionResult{T}.Probabilities"/>);
-    /// softcap and ALiBi are CPU-only for now and throw <see cref="NotSupportedException"/>.</param>
+    /// <param name="options">Every option runs on the GPU: causal, scale, window, softcap, ALiBi (host slopes, uploaded per call),
+    /// dropout (the same Philox mask as the CPU path) and <see cref="AttentionOptions.ReturnProbabilities"/> (into
+    /// <see cref="CudaAttentionResult{T}.Probabilities"/>).</param>
     /// <param name="stream">The stream to launch on; null for the legacy default stream.</param>
     public static CudaAttentionResult<T> Forward<T>(CudaTensor<T> q, CudaTensor<T> k, CudaTensor<T> v, AttentionOptions? options = null,
         CudaStream? stream = null) where T : unmanaged
@@ -76,29 +76,32 @@ public static partial class FlashAttention
             throw new ArgumentException($"element type {typeof(T).Name} is not supported by the CUDA kernels; use System.Half or FlashAttn.BFloat16 (float runs on the CPU path).", nameof(q));
         TensorArg qa = Describe(q, nameof(q)), ka = Describe(k, nameof(k)), va = Describe(v, nameof(v));
         var shape = ShapeValidator.Fixed(qa, ka, va, options, typeof(T));
-        if (options.Softcap > 0f || options.AlibiSlopes is not null)
-            throw new NotSupportedException("Softcap and ALiBi are not in the CUDA kernels yet; use host tensors (the CPU path) for them.");
         return (shape, qa);
     }
 
     /// <summary>Forward, then (when <paramref name="probabilities"/> is given) P from forward's LSE on the same stream.</summary>
     private static DropoutState? RunCudaForward<T>(ProblemShape shape, AttentionOptions options, CudaTensor<T> q, CudaTensor<T> k, CudaTensor<T> v,
-        CudaTensor<T> output, CudaTensor<float> lse, CudaTensor<float>? probabilities, CudaStream? stream) where T : unmanaged
+        CudaTensor<T> output, CudaTensor<float> lse, CudaTensor<float>? probabilities, CudaStream? stream, CudaTensor<int>? cuSeqlensQ = null,
+        CudaTensor<int>? cuSeqlensK = null) where T : unmanaged
     {
         var device = CudaDevice.Default;
         device.MakeCurrent();
         DropoutState? dropoutState = options.DropoutProbability > 0f ? options.DropoutState ?? DropoutState.Next() : null;
         var settings = AttentionSettings.Resolve(options, shape, dropoutState);
-        var lseStrides = lse.Strides;
-        var lseOperand = new DeviceOperand(lse.DevicePointer, lseStrides[0], 1, lseStrides[1]);
+        var lseOperand = DeviceLse(lse);
         var launchStream = stream ?? CudaStream.Legacy;
         CudaForward.Run<T>(device, shape, settings, DeviceOperand.Of(q), DeviceOperand.Of(k), DeviceOperand.Of(v), DeviceOperand.Of(output),
-            lseOperand, launchStream);
+            lseOperand, launchStream, cuSeqlensQ?.DevicePointer ?? 0, cuSeqlensK?.DevicePointer ?? 0);
         if (probabilities is not null) // same stream, so it runs after forward has written the LSE
             CudaProbabilities.Run<T>(device, shape, settings, DeviceOperand.Of(q), DeviceOperand.Of(k), lseOperand, probabilities.DevicePointer,
                 launchStream);
         return dropoutState;
     }
+
+    /// <summary>The LSE as the kernels address it: (batch, heads_q, seqlen_q), or varlen's (heads_q, total_q) with batch stride 0.</summary>
+    private static DeviceOperand DeviceLse(CudaTensor<float> lse) => lse.Rank == 2
+        ? new DeviceOperand(lse.DevicePointer, 0, 1, lse.Strides[0])
+        : new DeviceOperand(lse.DevicePointer, lse.Strides[0], 1, lse.Strides[1]);
 
     private static TensorArg Describe<T>(CudaTensor<T> tensor, string name) where T : unmanaged =>
         new(name, tensor.Lengths.ToArray(), tensor.Strides.ToArray());

@@ -64,10 +64,20 @@ public static partial class FlashAttention
         DropoutState? dropoutState = null, CudaStream? stream = null) where T : unmanaged
     {
         options ??= AttentionOptions.Default;
-        var (shape, qa) = ValidateCuda(q, k, v, options);
+        var (shape, _) = ValidateCuda(q, k, v, options);
+        RunCudaBackward(shape, options, dropoutState, stream, dOut, q, k, v, output, logSumExp, dq, dk, dv);
+    }
+
+    /// <summary>Checks backward's extra tensors against the validated shape, then launches (fixed-length or varlen).</summary>
+    private static void RunCudaBackward<T>(ProblemShape shape, AttentionOptions options, DropoutState? dropoutState, CudaStream? stream,
+        CudaTensor<T> dOut, CudaTensor<T> q, CudaTensor<T> k, CudaTensor<T> v, CudaTensor<T> output, CudaTensor<float> logSumExp,
+        CudaTensor<T> dq, CudaTensor<T> dk, CudaTensor<T> dv, CudaTensor<int>? cuSeqlensQ = null, CudaTensor<int>? cuSeqlensK = null)
+        where T : unmanaged
+    {
         foreach (var (tensor, name) in new[] { (dOut, nameof(dOut)), (output, nameof(output)), (dq, nameof(dq)), (dk, nameof(dk)), (dv, nameof(dv)) })
             if (tensor is null) throw new ArgumentNullException(name);
         ArgumentNullException.ThrowIfNull(logSumExp);
+        var qa = Describe(q, nameof(q));
         ShapeValidator.Backward(shape, qa, Describe(dOut, nameof(dOut)), Describe(output, nameof(output)), Describe(logSumExp, nameof(logSumExp)));
         ShapeValidator.Backward(shape, qa, Describe(dq, nameof(dq)), Describe(dq, nameof(dq)), Describe(logSumExp, nameof(logSumExp)));
         var ka = Describe(k, nameof(k));
@@ -81,8 +91,8 @@ public static partial class FlashAttention
             state = dropoutState ?? options.DropoutState
                 ?? throw new ArgumentException("Dropout is on, so backward needs the Philox state forward used: pass the forward result's DropoutState.", nameof(dropoutState));
         var settings = AttentionSettings.Resolve(options, shape, state);
-        var lse = new DeviceOperand(logSumExp.DevicePointer, logSumExp.Strides[0], 1, logSumExp.Strides[1]);
         CudaBackward.Run<T>(device, shape, settings, options.Deterministic, DeviceOperand.Of(dOut), DeviceOperand.Of(q), DeviceOperand.Of(k),
-            DeviceOperand.Of(v), DeviceOperand.Of(output), lse, DeviceOperand.Of(dq), DeviceOperand.Of(dk), DeviceOperand.Of(dv), stream ?? CudaStream.Legacy);
+            DeviceOperand.Of(v), DeviceOperand.Of(output), DeviceLse(logSumExp), DeviceOperand.Of(dq), DeviceOperand.Of(dk), DeviceOperand.Of(dv),
+            stream ?? CudaStream.Legacy, cuSeqlensQ?.DevicePointer ?? 0, cuSeqlensK?.DevicePointer ?? 0);
     }
 }

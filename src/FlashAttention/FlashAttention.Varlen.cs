@@ -78,7 +78,7 @@ public static unsafe partial class FlashAttention
         }
     }
 
-    /// <summary>Gradients of <see cref="ForwardVarlen{T}"/> (flash-attn's varlen backward).</summary>
+    /// <summary>Gradients of <see cref="ForwardVarlen{T}(ReadOnlyTensorSpan{T}, ReadOnlyTensorSpan{T}, ReadOnlyTensorSpan{T}, ReadOnlySpan{int}, ReadOnlySpan{int}, int, int, AttentionOptions?, CancellationToken)"/> (flash-attn's varlen backward).</summary>
     /// <param name="dOut">Gradient of the output, (total_q, heads_q, headdim).</param>
     /// <param name="q">The forward's q.</param>
     /// <param name="k">The forward's k.</param>

@@ -88,6 +88,10 @@ public sealed class ValidationTests
         Rejects("options.Softcap", () => FlashAttention.Forward<float>(Q, K, V, new AttentionOptions { Softcap = cap }, Ct));
 
     [Fact]
+    public void SoftcapWithDropoutIsRejectedAsFlashAttnDoes() =>
+        Rejects("options.Softcap", () => FlashAttention.Forward<float>(Q, K, V, new AttentionOptions { Softcap = 5f, DropoutProbability = 0.1f }, Ct));
+
+    [Fact]
     public void WindowBelowMinusOne()
     {
         Rejects("options.WindowLeft", () => FlashAttention.Forward<float>(Q, K, V, new AttentionOptions { WindowLeft = -2 }, Ct));

@@ -14,7 +14,10 @@ namespace FlashAttn.Cuda;
 /// <param name="BlockM">Queries per step: 64 (measured; 128 is a tuning override for the narrow kernel, +1-2% at head dim 64
 /// at 255 registers, bench/NOTES.md).</param>
 /// <param name="Dropout">Compile the Philox dropout in (the mask is regenerated, never stored).</param>
-internal sealed record BackwardVariant(int HeadDimBucket, bool BFloat16, bool Deterministic, int BlockN, int BlockM, bool Dropout = false)
+/// <param name="Softcap">Compile the tanh score cap in (its derivative enters dS).</param>
+/// <param name="Alibi">Compile the ALiBi bias in.</param>
+internal sealed record BackwardVariant(int HeadDimBucket, bool BFloat16, bool Deterministic, int BlockN, int BlockM, bool Dropout = false,
+    bool Softcap = false, bool Alibi = false)
 {
     public const string PrepareKernel = "flash_bwd_prepare", MainKernel = "flash_bwd_kernel", ConvertKernel = "flash_bwd_convert";
 
@@ -25,12 +28,12 @@ internal sealed record BackwardVariant(int HeadDimBucket, bool BFloat16, bool De
     private static readonly int? BlockNOverride = ReadBlockOverride(BlockNVariable);
     private static readonly int? BlockMOverride = ReadBlockOverride(BlockMVariable);
 
-    public static BackwardVariant For(int headDim, bool bfloat16, bool deterministic, bool dropout = false)
+    public static BackwardVariant For(int headDim, bool bfloat16, bool deterministic, bool dropout = false, bool softcap = false, bool alibi = false)
     {
         int bucket = ForwardVariant.BucketOf(headDim);
         return bucket <= 128
-            ? new(bucket, bfloat16, deterministic, BlockNOverride ?? 128, BlockMOverride ?? 64, dropout)
-            : new(bucket, bfloat16, deterministic, 64, 64, dropout);
+            ? new(bucket, bfloat16, deterministic, BlockNOverride ?? 128, BlockMOverride ?? 64, dropout, softcap, alibi)
+            : new(bucket, bfloat16, deterministic, 64, 64, dropout, softcap, alibi);
     }
 
     /// <summary>The kernel file: the narrow layout up to head dim 128, the wide one above.</summary>
@@ -41,7 +44,8 @@ internal sealed record BackwardVariant(int HeadDimBucket, bool BFloat16, bool De
     public int Threads => IsWide ? 256 : BlockN / 16 * 32;
 
     public string Name =>
-        $"flash_bwd_hdim{HeadDimBucket}_n{BlockN}_m{BlockM}_{(BFloat16 ? "bf16" : "fp16")}{(Deterministic ? "_deterministic" : "")}{(Dropout ? "_dropout" : "")}";
+        $"flash_bwd_hdim{HeadDimBucket}_n{BlockN}_m{BlockM}_{(BFloat16 ? "bf16" : "fp16")}{(Deterministic ? "_deterministic" : "")}{(Dropout ? "_dropout" : "")}" +
+        $"{(Softcap ? "_softcap" : "")}{(Alibi ? "_alibi" : "")}";
 
     /// <summary>K and V tiles, dS^T (and P^T for the wide kernel), then two stages of (Q, dO) tiles with their per-query LSE and D.</summary>
     public int SharedMemoryBytes =>
@@ -52,6 +56,7 @@ internal sealed record BackwardVariant(int HeadDimBucket, bool BFloat16, bool De
         "-DFA_HEAD_DIM=" + HeadDimBucket.ToString(CultureInfo.InvariantCulture), "-DFA_BF16=" + (BFloat16 ? "1" : "0"),
         "-DFA_DETERMINISTIC=" + (Deterministic ? "1" : "0"), "-DFA_BLOCK_N=" + BlockN.ToString(CultureInfo.InvariantCulture),
         "-DFA_BLOCK_M=" + BlockM.ToString(CultureInfo.InvariantCulture), "-DFA_DROPOUT=" + (Dropout ? "1" : "0"),
+        "-DFA_SOFTCAP=" + (Softcap ? "1" : "0"), "-DFA_ALIBI=" + (Alibi ? "1" : "0"),
     ];
 
     private static int? ReadBlockOverride(string variable) =>

@@ -6,7 +6,8 @@ namespace FlashAttn.Cuda;
 /// Launches the FlashAttention-2 backward kernels for validated shapes: the pre-pass (D = rowsum(dO * O), zeroed dQ
 /// accumulators), the key-block-parallel main kernel, and the dQ conversion. Workspace: D and the fp32 dQ accumulators
 /// (one buffer, or one per split when deterministic). Head dims that are not a multiple of 8, or misaligned views, are
-/// staged through padded copies as in the forward.
+/// staged through padded copies as in the forward. Varlen: operands are (total, heads, d) views, the main kernel reads the
+/// device offsets, and the per-row pre-pass and conversion see one batch of total_q rows.
 /// </summary>
 internal static class CudaBackward
 {
@@ -15,30 +16,35 @@ internal static class CudaBackward
     /// <summary>Runs backward; returns the workspace bytes it allocated.</summary>
     public static long Run<T>(CudaDevice device, ProblemShape shape, AttentionSettings settings, bool deterministic, DeviceOperand dOut,
         DeviceOperand q, DeviceOperand k, DeviceOperand v, DeviceOperand output, DeviceOperand lse, DeviceOperand dq, DeviceOperand dk,
-        DeviceOperand dv, CudaStream stream) where T : unmanaged
+        DeviceOperand dv, CudaStream stream, nint cuSeqlensQ = 0, nint cuSeqlensK = 0) where T : unmanaged
     {
-        if (shape.IsVarlen) throw new NotSupportedException("varlen backward is not in the CUDA kernels yet; use the CPU path.");
-        if (settings.Softcap > 0f || settings.AlibiSlopes is not null)
-            throw new NotSupportedException("softcap and ALiBi are not in the CUDA backward kernel yet; use the CPU path.");
         if (shape.Batch == 0 || shape.HeadsQ == 0 || shape.MaxSeqlenQ == 0 && shape.MaxSeqlenK == 0) return 0;
-        var variant = BackwardVariant.For(shape.HeadDim, typeof(T) == typeof(BFloat16), deterministic, settings.Dropout.Enabled);
+        var variant = BackwardVariant.For(shape.HeadDim, typeof(T) == typeof(BFloat16), deterministic, settings.Dropout.Enabled,
+            settings.Softcap > 0f, settings.AlibiSlopes is not null);
         int paddedDim = (shape.HeadDim + 7) / 8 * 8;
         bool pad = paddedDim != shape.HeadDim;
+        bool varlen = shape.IsVarlen;
         int b = shape.Batch, sq = shape.MaxSeqlenQ, sk = shape.MaxSeqlenK, hq = shape.HeadsQ, hk = shape.HeadsKv;
+        // Token rows of the q-side and k-side tensors and the batch they are staged as (varlen: one block of total rows).
+        int rowsQ = varlen ? shape.TotalQ : sq, rowsK = varlen ? shape.TotalK : sk, stagedBatch = varlen ? 1 : b;
         var temporaries = new List<DeviceMemory>();
         try
         {
-            DeviceOperand In(DeviceOperand x, int rows, int heads) =>
-                pad || !x.IsChunkAligned ? HeadCopy.ToDense(device, x, b, rows, heads, shape.HeadDim, paddedDim, stream, temporaries) : x;
-            DeviceOperand Out(DeviceOperand x, int rows, int heads) =>
-                pad || !x.IsChunkAligned ? HeadCopy.Allocate(b, rows, heads, paddedDim, 2, temporaries) : x;
-            var (qs, ks, vs, os, dos) = (In(q, sq, hq), In(k, sk, hk), In(v, sk, hk), In(output, sq, hq), In(dOut, sq, hq));
-            var (dqs, dks, dvs) = (Out(dq, sq, hq), Out(dk, sk, hk), Out(dv, sk, hk));
+            DeviceOperand Varlen(DeviceOperand x) => varlen ? x with { StrideBatch = 0 } : x;
+            DeviceOperand In(DeviceOperand x, int rows, int heads) => Varlen(
+                pad || !x.IsChunkAligned ? HeadCopy.ToDense(device, x, stagedBatch, rows, heads, shape.HeadDim, paddedDim, stream, temporaries) : x);
+            DeviceOperand Out(DeviceOperand x, int rows, int heads) => Varlen(
+                pad || !x.IsChunkAligned ? HeadCopy.Allocate(stagedBatch, rows, heads, paddedDim, 2, temporaries) : x);
+            var (qs, ks, vs, os, dos) = (In(q, rowsQ, hq), In(k, rowsK, hk), In(v, rowsK, hk), In(output, rowsQ, hq), In(dOut, rowsQ, hq));
+            var (dqs, dks, dvs) = (Out(dq, rowsQ, hq), Out(dk, rowsK, hk), Out(dv, rowsK, hk));
+            var modifiers = ScoreModifiers.Prepare(settings, stream, temporaries);
 
             int keyBlocks = (sk + variant.BlockN - 1) / variant.BlockN;
             int splits = deterministic ? Math.Clamp((2 * device.MultiprocessorCount + hk * b - 1) / (hk * b), 1, Math.Max(1, keyBlocks)) : 1;
-            long accumulatorStride = (long)b * sq * hq * paddedDim;
-            long deltaBytes = Align256((long)b * hq * sq * sizeof(float)), accumulatorBytes = accumulatorStride * splits * sizeof(float);
+            // dQ accumulators and D: (batch, seqlen_q) rows, or the total_q token rows when varlen.
+            long accumulatorRows = (long)stagedBatch * rowsQ;
+            long accumulatorStride = accumulatorRows * hq * paddedDim;
+            long deltaBytes = Align256(accumulatorRows * hq * sizeof(float)), accumulatorBytes = accumulatorStride * splits * sizeof(float);
             // Held until every launch that uses it is enqueued (see WorkspacePool: sequences on a stream must not interleave).
             using var workspace = WorkspacePool.Rent(device, stream, deltaBytes + accumulatorBytes);
             nint delta = workspace.Pointer, accumulators = workspace.Pointer + (nint)deltaBytes;
@@ -47,6 +53,7 @@ internal static class CudaBackward
             {
                 Q = qs.Pointer, K = ks.Pointer, V = vs.Pointer, O = os.Pointer, DOut = dos.Pointer,
                 DQ = dqs.Pointer, DK = dks.Pointer, DV = dvs.Pointer, Lse = lse.Pointer, Delta = delta, DQAccum = accumulators,
+                CuSeqlensQ = cuSeqlensQ, CuSeqlensK = cuSeqlensK, AlibiSlopes = modifiers.AlibiSlopes,
                 QBatchStride = qs.StrideBatch, QRowStride = qs.StrideRow, QHeadStride = qs.StrideHead,
                 KBatchStride = ks.StrideBatch, KRowStride = ks.StrideRow, KHeadStride = ks.StrideHead,
                 VBatchStride = vs.StrideBatch, VRowStride = vs.StrideRow, VHeadStride = vs.StrideHead,
@@ -56,35 +63,40 @@ internal static class CudaBackward
                 DKBatchStride = dks.StrideBatch, DKRowStride = dks.StrideRow, DKHeadStride = dks.StrideHead,
                 DVBatchStride = dvs.StrideBatch, DVRowStride = dvs.StrideRow, DVHeadStride = dvs.StrideHead,
                 LseBatchStride = lse.StrideBatch, LseHeadStride = lse.StrideHead,
-                DQAccumSplitStride = accumulatorStride,
-                Batch = b, HeadsQ = hq, HeadsKv = hk, HeadDim = paddedDim, SeqlenQ = sq, SeqlenK = sk,
+                DQAccumSplitStride = accumulatorStride, DQAccumBatchStride = varlen ? 0 : (long)sq * hq * paddedDim,
+                AlibiBatchStride = modifiers.AlibiBatchStride,
+                Batch = b, HeadsQ = hq, HeadsKv = hk, HeadDim = paddedDim, SeqlenQ = sq, SeqlenK = sk, TotalQ = shape.TotalQ, TotalK = shape.TotalK,
                 WindowLeft = settings.WindowLeft, WindowRight = settings.WindowRight, Splits = splits,
-                Scale = settings.Scale, ScaleLog2 = settings.Scale * Log2E, Dropout = DropoutKernelParams.From(settings.Dropout),
+                Scale = settings.Scale, ScaleLog2 = modifiers.EffectiveScale * Log2E, SoftcapPre = modifiers.SoftcapPre,
+                AlibiFactor = modifiers.AlibiFactor, Dropout = DropoutKernelParams.From(settings.Dropout),
             };
             // The pre-pass reads D's strides from the LSE's: allocate D with the same (batch, head, row) layout.
-            if (lse.StrideBatch != (long)hq * sq || lse.StrideHead != sq)
-                throw new ArgumentException("logSumExp must be dense (batch, heads_q, seqlen_q), as forward returns it.", "logSumExp");
+            if (varlen ? lse.StrideBatch != 0 || lse.StrideHead != shape.TotalQ : lse.StrideBatch != (long)hq * sq || lse.StrideHead != sq)
+                throw new ArgumentException(
+                    $"logSumExp must be dense {(varlen ? "(heads_q, total_q)" : "(batch, heads_q, seqlen_q)")}, as forward returns it.", "logSumExp");
+            // The per-row pre-pass and conversion walk varlen's token rows as one batch of total_q rows.
+            var rowParameters = varlen ? parameters with { Batch = 1, SeqlenQ = shape.TotalQ } : parameters;
 
             var prepare = KernelLibrary.Get(device, variant.SourceFile, BackwardVariant.PrepareKernel, variant.Name, variant.CompilerDefines);
             var main = KernelLibrary.Get(device, variant.SourceFile, BackwardVariant.MainKernel, variant.Name, variant.CompilerDefines);
             var convert = KernelLibrary.Get(device, variant.SourceFile, BackwardVariant.ConvertKernel, variant.Name, variant.CompilerDefines);
             main.SetMaxDynamicSharedMemory(variant.SharedMemoryBytes);
 
-            long rowsTimesWarp = (long)b * sq * hq * 32;
+            long rowsTimesWarp = accumulatorRows * hq * 32;
             uint prepareBlocks = (uint)Math.Clamp((rowsTimesWarp + 255) / 256, 1, 1L << 20);
-            prepare.Launch(parameters, (prepareBlocks, 1, 1), (256, 1, 1), 0, stream);
+            prepare.Launch(rowParameters, (prepareBlocks, 1, 1), (256, 1, 1), 0, stream);
             if (sq > 0 && sk > 0)
                 main.Launch(parameters, ((uint)(deterministic ? splits : keyBlocks), (uint)hk, (uint)b), ((uint)variant.Threads, 1, 1),
                     variant.SharedMemoryBytes, stream);
             else if (sk > 0)
-                ZeroKeyGradients(device, dks, dvs, b, sk, hk, paddedDim, stream);
-            long pairs = (long)b * sq * hq * paddedDim / 2;
+                ZeroKeyGradients(device, dks, dvs, stagedBatch, rowsK, hk, paddedDim, stream);
+            long pairs = accumulatorRows * hq * paddedDim / 2;
             if (pairs > 0)
-                convert.Launch(parameters, ((uint)Math.Clamp((pairs + 255) / 256, 1, 1L << 20), 1, 1), (256, 1, 1), 0, stream);
+                convert.Launch(rowParameters, ((uint)Math.Clamp((pairs + 255) / 256, 1, 1L << 20), 1, 1), (256, 1, 1), 0, stream);
 
-            if (dqs != dq) HeadCopy.Copy(device, dqs, dq, b, sq, hq, paddedDim, shape.HeadDim, stream);
-            if (dks != dk) HeadCopy.Copy(device, dks, dk, b, sk, hk, paddedDim, shape.HeadDim, stream);
-            if (dvs != dv) HeadCopy.Copy(device, dvs, dv, b, sk, hk, paddedDim, shape.HeadDim, stream);
+            if (dqs != dq) HeadCopy.Copy(device, dqs, dq, stagedBatch, rowsQ, hq, paddedDim, shape.HeadDim, stream);
+            if (dks != dk) HeadCopy.Copy(device, dks, dk, stagedBatch, rowsK, hk, paddedDim, shape.HeadDim, stream);
+            if (dvs != dv) HeadCopy.Copy(device, dvs, dv, stagedBatch, rowsK, hk, paddedDim, shape.HeadDim, stream);
             return deltaBytes + accumulatorBytes;
         }
         finally

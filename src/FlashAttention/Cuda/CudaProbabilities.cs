@@ -19,18 +19,30 @@ internal static class CudaProbabilities
     /// <param name="lse">Forward's LSE: its batch and head strides (row stride 1).</param>
     /// <param name="probabilities">A dense (batch, heads_q, seqlen_q, seqlen_k) fp32 buffer.</param>
     /// <param name="stream">Forward's stream.</param>
-    /// <param name="alibiSlopes">fp32 ALiBi slopes on the device, slope(b, h) at b * <paramref name="alibiBatchStride"/> + h;
-    /// 0 when <paramref name="settings"/> has none.</param>
-    /// <param name="alibiBatchStride">0 for per-head slopes shared by the batch.</param>
     public static void Run<T>(CudaDevice device, ProblemShape shape, AttentionSettings settings, DeviceOperand q, DeviceOperand k,
-        DeviceOperand lse, nint probabilities, CudaStream stream, nint alibiSlopes = 0, long alibiBatchStride = 0) where T : unmanaged
+        DeviceOperand lse, nint probabilities, CudaStream stream) where T : unmanaged
     {
         if (shape.IsVarlen)
             throw new NotSupportedException("Probabilities on the GPU are for fixed-length batches; varlen runs on the CPU path.");
-        if ((settings.AlibiSlopes is null) != (alibiSlopes == 0))
-            throw new ArgumentException("ALiBi slopes must be on the device exactly when the settings have them.", nameof(alibiSlopes));
         long total = (long)shape.Batch * shape.HeadsQ * shape.MaxSeqlenQ * shape.MaxSeqlenK;
         if (total == 0) return;
+        var temporaries = new List<DeviceMemory>();
+        try
+        {
+            Launch<T>(device, shape, settings, q, k, lse, probabilities, stream, ScoreModifiers.Prepare(settings, stream, temporaries), total);
+        }
+        finally
+        {
+            foreach (var memory in temporaries) memory.Dispose(); // cuMemFree waits for the work that uses it
+        }
+    }
+
+    private static void Launch<T>(CudaDevice device, ProblemShape shape, AttentionSettings settings, DeviceOperand q, DeviceOperand k,
+        DeviceOperand lse, nint probabilities, CudaStream stream, ScoreModifiers modifiers, long total) where T : unmanaged
+    {
+        // The kernel takes the raw slopes (it computes the logit itself), one per (batch, head).
+        nint alibiSlopes = modifiers.AlibiSlopes;
+        long alibiBatchStride = modifiers.AlibiBatchStride;
 
         string name = typeof(T) == typeof(BFloat16) ? "flash_probs_bf16" : "flash_probs_fp16";
         var kernel = KernelLibrary.Get(device, "flash_probs.cu", name, "flash_probs", []);

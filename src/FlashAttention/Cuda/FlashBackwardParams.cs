@@ -6,7 +6,7 @@ namespace FlashAttn.Cuda;
 [StructLayout(LayoutKind.Sequential)]
 internal struct FlashBackwardParams
 {
-    public nint Q, K, V, O, DOut, DQ, DK, DV, Lse, Delta, DQAccum;
+    public nint Q, K, V, O, DOut, DQ, DK, DV, Lse, Delta, DQAccum, CuSeqlensQ, CuSeqlensK, AlibiSlopes;
     public long QBatchStride, QRowStride, QHeadStride;
     public long KBatchStride, KRowStride, KHeadStride;
     public long VBatchStride, VRowStride, VHeadStride;
@@ -16,11 +16,12 @@ internal struct FlashBackwardParams
     public long DKBatchStride, DKRowStride, DKHeadStride;
     public long DVBatchStride, DVRowStride, DVHeadStride;
     public long LseBatchStride, LseHeadStride;
-    public long DQAccumSplitStride;
+    public long DQAccumSplitStride, DQAccumBatchStride, AlibiBatchStride;
     public int Batch, HeadsQ, HeadsKv, HeadDim;
     public int SeqlenQ, SeqlenK;
+    public int TotalQ, TotalK;
     public int WindowLeft, WindowRight;
     public int Splits;
-    public float Scale, ScaleLog2;
+    public float Scale, ScaleLog2, SoftcapPre, AlibiFactor;
     public DropoutKernelParams Dropout;
 }

@@ -6,16 +6,18 @@ namespace FlashAttn.Cuda;
 [StructLayout(LayoutKind.Sequential)]
 internal struct FlashForwardParams
 {
-    public nint Q, K, V, O, Lse, CuSeqlensQ, CuSeqlensK;
+    public nint Q, K, V, O, Lse, CuSeqlensQ, CuSeqlensK, AlibiSlopes;
     public long QBatchStride, QRowStride, QHeadStride;
     public long KBatchStride, KRowStride, KHeadStride;
     public long VBatchStride, VRowStride, VHeadStride;
     public long OBatchStride, ORowStride, OHeadStride;
     public long LseBatchStride, LseHeadStride;
+    public long AlibiBatchStride;
     public int Batch, HeadsQ, HeadsKv, HeadDim;
     public int SeqlenQ, SeqlenK;
+    public int TotalQ, TotalK;
     public int WindowLeft, WindowRight;
-    public float ScaleLog2, Scale;
+    public float ScaleLog2, Scale, SoftcapPre, AlibiFactor;
     public DropoutKernelParams Dropout;
 }
 

@@ -13,22 +13,26 @@ namespace FlashAttn.Cuda;
 /// <param name="Warps">Warps per thread block; each owns BlockM / Warps query rows.</param>
 /// <param name="RollQk">Keep QK^T's 64-column chunk loop rolled (fewer registers at large head dims).</param>
 /// <param name="Dropout">Compile the Philox dropout (Kernels/fa_dropout.cuh) in; off costs nothing.</param>
-internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int BlockM, int BlockN, int Warps, bool RollQk, bool Dropout = false)
+/// <param name="Softcap">Compile the tanh score cap in (Kernels/fa_score_mods.cuh).</param>
+/// <param name="Alibi">Compile the ALiBi bias in.</param>
+internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int BlockM, int BlockN, int Warps, bool RollQk, bool Dropout = false,
+    bool Softcap = false, bool Alibi = false)
 {
     public const string KernelName = "flash_fwd_kernel";
 
-    public static ForwardVariant For(int headDim, bool bfloat16, bool dropout = false) => (BucketOf(headDim) switch
+    public static ForwardVariant For(int headDim, bool bfloat16, bool dropout = false, bool softcap = false, bool alibi = false) => (BucketOf(headDim) switch
     {
         64 => new ForwardVariant(64, bfloat16, BlockM: 128, BlockN: 64, Warps: 4, RollQk: false),
         128 => new ForwardVariant(128, bfloat16, BlockM: 128, BlockN: 32, Warps: 4, RollQk: false),
         192 => new ForwardVariant(192, bfloat16, BlockM: 128, BlockN: 64, Warps: 8, RollQk: true),
         _ => new ForwardVariant(256, bfloat16, BlockM: 128, BlockN: 64, Warps: 8, RollQk: false),
-    }) with { Dropout = dropout };
+    }) with { Dropout = dropout, Softcap = softcap, Alibi = alibi };
 
     public static int BucketOf(int headDim) => headDim <= 64 ? 64 : headDim <= 128 ? 128 : headDim <= 192 ? 192 : 256;
 
     /// <summary>flash-attn style name, e.g. flash_fwd_hdim128_bf16.</summary>
-    public string Name => $"flash_fwd_hdim{HeadDimBucket}_{(BFloat16 ? "bf16" : "fp16")}{(Dropout ? "_dropout" : "")}";
+    public string Name =>
+        $"flash_fwd_hdim{HeadDimBucket}_{(BFloat16 ? "bf16" : "fp16")}{(Dropout ? "_dropout" : "")}{(Softcap ? "_softcap" : "")}{(Alibi ? "_alibi" : "")}";
 
     /// <summary>Q, K and V tiles in 16-bit elements.</summary>
     public int SharedMemoryBytes => (BlockM + 2 * BlockN) * HeadDimBucket * 2;
@@ -39,6 +43,7 @@ internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int Bloc
     [
         Define("FA_HEAD_DIM", HeadDimBucket), Define("FA_BLOCK_M", BlockM), Define("FA_BLOCK_N", BlockN),
         Define("FA_WARPS", Warps), Define("FA_BF16", BFloat16 ? 1 : 0), Define("FA_ROLL_QK", RollQk ? 1 : 0), Define("FA_DROPOUT", Dropout ? 1 : 0),
+        Define("FA_SOFTCAP", Softcap ? 1 : 0), Define("FA_ALIBI", Alibi ? 1 : 0),
     ];
 
     private static string Define(string name, int value) => "-D" + name + "=" + value.ToString(CultureInfo.InvariantCulture);

@@ -27,7 +27,7 @@ public sealed class UnpaddedBatch<T>
     public int[] Indices { get; }
 
     /// <summary>batch + 1 cumulative offsets, 0 first and total_tokens last (flash-attn's <c>cu_seqlens</c>): pass it to
-    /// <see cref="FlashAttention.ForwardVarlen{T}"/> as cuSeqlensQ and/or cuSeqlensK.</summary>
+    /// <see cref="FlashAttention.ForwardVarlen{T}(ReadOnlyTensorSpan{T}, ReadOnlyTensorSpan{T}, ReadOnlyTensorSpan{T}, ReadOnlySpan{int}, ReadOnlySpan{int}, int, int, AttentionOptions?, CancellationToken)"/> as cuSeqlensQ and/or cuSeqlensK.</summary>
     public int[] CumulativeSeqlens { get; }
 
     /// <summary>The number of real tokens of each sequence (flash-attn's <c>seqused</c> / <c>used_seqlens_in_batch</c>).</summary>

@@ -5,7 +5,7 @@ namespace FlashAttn;
 
 /// <summary>
 /// flash-attn's <c>bert_padding</c> helpers: move hidden states between a padded batch (batch, seqlen, ...) with an
-/// attention mask and the concatenated varlen form (total_tokens, ...) that <see cref="FlashAttention.ForwardVarlen{T}"/>
+/// attention mask and the concatenated varlen form (total_tokens, ...) that <see cref="FlashAttention.ForwardVarlen{T}(ReadOnlyTensorSpan{T}, ReadOnlyTensorSpan{T}, ReadOnlyTensorSpan{T}, ReadOnlySpan{int}, ReadOnlySpan{int}, int, int, AttentionOptions?, CancellationToken)"/>
 /// takes, so padded positions cost no attention work.
 /// </summary>
 /// <remarks>The mask may have holes anywhere (left padding, gaps), as in flash-attn: the real tokens of a sequence are

@@ -22,6 +22,13 @@ internal sealed class ProblemShape
     /// <summary>Rows of the token dimension of q (varlen total_q, or seqlen_q for fixed batches).</summary>
     public required int TotalQ { get; init; }
 
+    /// <summary>Rows of the token dimension of k and v (varlen total_k, or seqlen_k for fixed batches).</summary>
+    public int TotalK { get; init; }
+
+    /// <summary>Varlen on the GPU: the cumulative offsets stay in device memory, unread by the host (as flash-attn does), so
+    /// QStart/KStart are unknown (0) and QLength/KLength hold the maximum lengths, upper bounds of the real ones.</summary>
+    public bool OffsetsOnDevice { get; init; }
+
     public required int MaxSeqlenQ { get; init; }
     public required int MaxSeqlenK { get; init; }
 
@@ -50,6 +57,7 @@ internal sealed class ProblemShape
         QLength = Enumerable.Repeat(seqlenQ, batch).ToArray(),
         KLength = Enumerable.Repeat(seqlenK, batch).ToArray(),
         TotalQ = seqlenQ,
+        TotalK = seqlenK,
         MaxSeqlenQ = seqlenQ,
         MaxSeqlenK = seqlenK,
     };

@@ -50,6 +50,55 @@ internal static class ShapeValidator
             KStart = kStart,
             KLength = kLength,
             TotalQ = q.Length(0),
+            TotalK = k.Length(0),
+            MaxSeqlenQ = maxSeqlenQ,
+            MaxSeqlenK = maxSeqlenK,
+        };
+        Options(options, shape);
+        return shape;
+    }
+
+    /// <summary>
+    /// Varlen with the cumulative offsets in device memory (flash-attn's <c>flash_attn_varlen_func</c> on CUDA): q (total_q,
+    /// heads_q, d), k and v (total_k, heads_kv, d), offsets of batch + 1 int32 each. The offsets' contents are not read
+    /// back (that would synchronise); the kernels clamp them to the token counts and the maximum lengths.
+    /// </summary>
+    public static ProblemShape DeviceVarlen(TensorArg q, TensorArg k, TensorArg v, TensorArg cuSeqlensQ, TensorArg cuSeqlensK, int maxSeqlenQ,
+        int maxSeqlenK, AttentionOptions options, Type elementType)
+    {
+        ElementType(elementType, q.Name);
+        Rank(q, 3, "(total_q, heads, headdim)");
+        Rank(k, 3, "(total_k, heads_kv, headdim)");
+        Rank(v, 3, "(total_k, heads_kv, headdim)");
+        SameLengths(k, v, v.Name, mustMatch: k.Name);
+        HeadsAndDims(q, k, v, headAxis: 1);
+        foreach (var cu in new[] { cuSeqlensQ, cuSeqlensK })
+        {
+            if (cu.Lengths.Length != 1 || cu.Lengths[0] < 1)
+                throw Fail(cu.Name, $"must be a vector of batch + 1 int32 cumulative offsets; got shape {cu.ShapeText}.");
+            if (cu.Lengths[0] > 1 && cu.Strides[0] != 1)
+                throw Fail(cu.Name, "must be contiguous (stride 1).");
+        }
+        if (cuSeqlensQ.Lengths[0] != cuSeqlensK.Lengths[0])
+            throw Fail(cuSeqlensK.Name, $"has {cuSeqlensK.Lengths[0]} entries but {cuSeqlensQ.Name} has {cuSeqlensQ.Lengths[0]}; both hold batch + 1 offsets.");
+        int totalQ = q.Length(0), totalK = k.Length(0), batch = (int)cuSeqlensQ.Lengths[0] - 1;
+        if (maxSeqlenQ < 0 || maxSeqlenQ > totalQ)
+            throw Fail("maxSeqlenQ", $"must be in [0, total_q = {totalQ}] (the longest query sequence); got {maxSeqlenQ}.");
+        if (maxSeqlenK < 0 || maxSeqlenK > totalK)
+            throw Fail("maxSeqlenK", $"must be in [0, total_k = {totalK}] (the longest key sequence); got {maxSeqlenK}.");
+        var shape = new ProblemShape
+        {
+            HeadsQ = q.Length(1),
+            HeadsKv = k.Length(1),
+            HeadDim = q.Length(2),
+            IsVarlen = true,
+            OffsetsOnDevice = true,
+            QStart = new int[batch],
+            QLength = Enumerable.Repeat(maxSeqlenQ, batch).ToArray(),
+            KStart = new int[batch],
+            KLength = Enumerable.Repeat(maxSeqlenK, batch).ToArray(),
+            TotalQ = totalQ,
+            TotalK = totalK,
             MaxSeqlenQ = maxSeqlenQ,
             MaxSeqlenK = maxSeqlenK,
         };
@@ -86,6 +135,8 @@ internal static class ShapeValidator
             throw Fail("options.SoftmaxScale", $"must be positive and finite; got {scale}. Leave it null for 1/sqrt(headdim).");
         if (!(float.IsFinite(options.Softcap) && options.Softcap >= 0f))
             throw Fail("options.Softcap", $"must be 0 (off) or a positive finite cap; got {options.Softcap}.");
+        if (options.Softcap > 0f && options.DropoutProbability > 0f)
+            throw Fail("options.Softcap", "cannot be combined with dropout (flash-attn rejects softcap with dropout too); set Softcap = 0 or DropoutProbability = 0.");
         if (options.WindowLeft < -1)
             throw Fail("options.WindowLeft", $"must be -1 (unlimited) or >= 0; got {options.WindowLeft}.");
         if (options.WindowRight < -1)

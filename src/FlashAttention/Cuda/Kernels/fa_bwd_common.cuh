@@ -6,6 +6,8 @@
 #include "fa_bwd_params.cuh"
 #include "fa_tile.cuh"
 #include "fa_elements.cuh"
+#include "fa_score_mods.cuh"
+#include "fa_varlen.cuh"
 
 #if FA_BF16
 typedef BfloatElem FaElement;
@@ -217,14 +219,22 @@ __device__ __forceinline__ void store_key_rows(u16* base, long long row_stride, 
     }
 }
 
+// 1 - tanh^2 of a warp's capped scores, kept from probabilities_t for ds_from_dp (an empty struct without softcap).
+template <int NT>
+struct SoftcapGrad {
+#if FA_SOFTCAP
+    float dtanh[NT][4];
+#endif
+};
+
 // P^T = exp2(S^T * scale*log2(e) - LSE*log2(e)) in place over a warp's 16 keys x 8*NT queries (C fragments): rows are keys
 // key_row0 + g (+8), columns queries q_col0 + 8*nt + 2t (+1), whose LSE * log2(e) are at lse2[8*nt + 2t] (padded query
-// rows carry +inf there, so their P is exactly 0). need_mask applies the seqlen_k tail and the window (bottom-right
-// aligned: offset = seqlen_k - seqlen_q). With dropout, a kept P becomes P / (1 - p), the value forward's P V used, and a
-// dropped one -P: the sign carries the mask to dV and dS.
+// rows carry +inf there, so their P is exactly 0). Softcap and ALiBi (fa_score_mods.cuh) modify S^T first. kMask applies
+// the seqlen_k tail and the window (bottom-right aligned: offset = seqlen_k - seqlen_q). With dropout, a kept P becomes
+// P / (1 - p), the value forward's P V used, and a dropped one -P: the sign carries the mask to dV and dS.
 template <int NT, bool kMask>
-__device__ __forceinline__ void probabilities_t_pass(float (&acc)[NT][4], const FlashBwdParams& p, const float* lse2, int key_row0, int q_col0,
-                                                     int offset, int seqlen_k, int stream, int lane) {
+__device__ __forceinline__ void probabilities_t_pass(float (&acc)[NT][4], SoftcapGrad<NT>& cap, const FlashBwdParams& p, const float* lse2,
+                                                     int key_row0, int q_col0, int offset, int seqlen_k, float raw_slope, int stream, int lane) {
     const int g = lane / 4, t = lane % 4;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
@@ -232,9 +242,14 @@ __device__ __forceinline__ void probabilities_t_pass(float (&acc)[NT][4], const 
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int query = q_col0 + nt * 8 + 2 * t + (i & 1), key = key_row0 + g + (i >= 2 ? 8 : 0);
-            float x = fmaf(acc[nt][i], p.scale_log2, -((i & 1) ? l.y : l.x));
+            const int diagonal = query + offset;
+            float dtanh = 1.f;
+            const float s = modify_score(acc[nt][i], p.softcap_pre, raw_slope, diagonal - key, dtanh);
+#if FA_SOFTCAP
+            cap.dtanh[nt][i] = dtanh;
+#endif
+            float x = fmaf(s, p.scale_log2, -((i & 1) ? l.y : l.x));
             if (kMask) {
-                const int diagonal = query + offset;
                 const bool hidden = key >= seqlen_k || (p.window_right >= 0 && key > diagonal + p.window_right)
                     || (p.window_left >= 0 && key < diagonal - p.window_left);
                 if (hidden) x = -FA_INF;
@@ -250,16 +265,18 @@ __device__ __forceinline__ void probabilities_t_pass(float (&acc)[NT][4], const 
 
 // The mask is a compile-time pass: blocks that need no mask (most of them) run no per-element test or branch.
 template <int NT>
-__device__ __forceinline__ void probabilities_t(float (&acc)[NT][4], const FlashBwdParams& p, const float* lse2, int key_row0, int q_col0,
-                                                int offset, int seqlen_k, bool need_mask, int stream, int lane) {
-    if (need_mask) probabilities_t_pass<NT, true>(acc, p, lse2, key_row0, q_col0, offset, seqlen_k, stream, lane);
-    else probabilities_t_pass<NT, false>(acc, p, lse2, key_row0, q_col0, offset, seqlen_k, stream, lane);
+__device__ __forceinline__ void probabilities_t(float (&acc)[NT][4], SoftcapGrad<NT>& cap, const FlashBwdParams& p, const float* lse2,
+                                                int key_row0, int q_col0, int offset, int seqlen_k, bool need_mask, float raw_slope, int stream,
+                                                int lane) {
+    if (need_mask) probabilities_t_pass<NT, true>(acc, cap, p, lse2, key_row0, q_col0, offset, seqlen_k, raw_slope, stream, lane);
+    else probabilities_t_pass<NT, false>(acc, cap, p, lse2, key_row0, q_col0, offset, seqlen_k, raw_slope, stream, lane);
 }
 
 // dS^T = P^T * (dP^T - D) in place in dp (C fragments as in probabilities_t; D of the thread's query columns at
-// delta[8*nt + 2t]). The softmax scale is left out: it enters dK and dQ once, at the end.
+// delta[8*nt + 2t]), times d tanh with softcap. The softmax scale is left out: it enters dK and dQ once, at the end.
 template <int NT>
-__device__ __forceinline__ void ds_from_dp(float (&dp)[NT][4], const float (&pt)[NT][4], const float* delta, const FlashBwdParams& p, int lane) {
+__device__ __forceinline__ void ds_from_dp(float (&dp)[NT][4], const float (&pt)[NT][4], const SoftcapGrad<NT>& cap, const float* delta,
+                                           const FlashBwdParams& p, int lane) {
     const int t = lane % 4;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
@@ -273,42 +290,55 @@ __device__ __forceinline__ void ds_from_dp(float (&dp)[NT][4], const float (&pt)
 #else
             dp[nt][i] = x * (dp[nt][i] - delta_q);
 #endif
+#if FA_SOFTCAP
+            dp[nt][i] *= cap.dtanh[nt][i];
+#endif
         }
     }
 }
 
-// Query blocks [m_first, m_last] that may see a key of [key0, key0 + block_n) (bottom-right aligned window);
-// m_last < m_first when none does.
-__device__ __forceinline__ void query_block_range(const FlashBwdParams& p, int key0, int block_n, int block_m, int& m_first, int& m_last) {
-    const int offset = p.seqlen_k - p.seqlen_q, last_key = min(key0 + block_n, p.seqlen_k) - 1;
-    int q_begin = 0, q_end = p.seqlen_q;
+// Query blocks [m_first, m_last] of the sequence that may see a key of [key0, key0 + block_n) (bottom-right aligned
+// window); m_last < m_first when none does.
+__device__ __forceinline__ void query_block_range(const FlashBwdParams& p, const SequenceRange& seq, int key0, int block_n, int block_m,
+                                                  int& m_first, int& m_last) {
+    const int offset = seq.seqlen_k - seq.seqlen_q, last_key = min(key0 + block_n, seq.seqlen_k) - 1;
+    int q_begin = 0, q_end = seq.seqlen_q;
     if (p.window_right >= 0) q_begin = max(0, key0 - offset - p.window_right);
-    if (p.window_left >= 0) q_end = min(p.seqlen_q, last_key - offset + p.window_left + 1);
+    if (p.window_left >= 0) q_end = min(seq.seqlen_q, last_key - offset + p.window_left + 1);
     m_first = q_begin / block_m;
     m_last = q_end > q_begin ? (q_end - 1) / block_m : m_first - 1;
 }
 
 // Starts streaming one step's inputs into a stage: the (BM x kD) Q and dO tiles at sQ and sQ + BM rows (cp.async, one
 // commit group), and the block's LSE * log2(e) and D into scalars[0, BM) and scalars[BM, 2 BM). Padded query rows get
-// LSE = +inf, which makes their P exactly 0.
+// LSE = +inf, which makes their P exactly 0. q0 counts from the sequence's first query row.
 template <int BM, int THREADS>
-__device__ __forceinline__ void load_query_stage(const FlashBwdParams& p, u32 sQ, float* scalars, int batch, int head, int q0, int tid) {
-    load_tile_fast<kD, BM, THREADS>(sQ, (const u16*)p.q + batch * p.q_batch_stride + head * p.q_head_stride, p.q_row_stride, q0, p.seqlen_q, p.head_dim, tid);
-    load_tile_fast<kD, BM, THREADS>(sQ + BM * kRowBytes, (const u16*)p.dout + batch * p.do_batch_stride + head * p.do_head_stride, p.do_row_stride,
-                                    q0, p.seqlen_q, p.head_dim, tid);
+__device__ __forceinline__ void load_query_stage(const FlashBwdParams& p, const SequenceRange& seq, u32 sQ, float* scalars, int batch, int head,
+                                                 int q0, int tid) {
+    const long long first_row = seq.q_start;
+    load_tile_fast<kD, BM, THREADS>(sQ, (const u16*)p.q + batch * p.q_batch_stride + first_row * p.q_row_stride + head * p.q_head_stride,
+                                    p.q_row_stride, q0, seq.seqlen_q, p.head_dim, tid);
+    load_tile_fast<kD, BM, THREADS>(sQ + BM * kRowBytes,
+                                    (const u16*)p.dout + batch * p.do_batch_stride + first_row * p.do_row_stride + head * p.do_head_stride,
+                                    p.do_row_stride, q0, seq.seqlen_q, p.head_dim, tid);
     cp_async_commit();
     if (tid < BM) {
         const int q = q0 + tid;
-        const long long at = batch * p.lse_batch_stride + head * p.lse_head_stride + q;
-        scalars[tid] = q < p.seqlen_q ? p.lse[at] * 1.4426950408889634f : FA_INF;
-        scalars[BM + tid] = q < p.seqlen_q ? p.delta[at] : 0.f;
+        const long long at = batch * p.lse_batch_stride + head * p.lse_head_stride + first_row + q;
+        scalars[tid] = q < seq.seqlen_q ? p.lse[at] * 1.4426950408889634f : FA_INF;
+        scalars[BM + tid] = q < seq.seqlen_q ? p.delta[at] : 0.f;
     }
 }
 
 // Whether the (key block x query block) tile crosses the seqlen_k tail or a window edge, so it needs the masked pass.
-__device__ __forceinline__ bool tile_needs_mask(const FlashBwdParams& p, int key0, int block_n, int q0, int block_m) {
-    const int offset = p.seqlen_k - p.seqlen_q;
-    return key0 + block_n > p.seqlen_k
+__device__ __forceinline__ bool tile_needs_mask(const FlashBwdParams& p, const SequenceRange& seq, int key0, int block_n, int q0, int block_m) {
+    const int offset = seq.seqlen_k - seq.seqlen_q;
+    return key0 + block_n > seq.seqlen_k
         || (p.window_right >= 0 && key0 + block_n - 1 > q0 + offset + p.window_right)
         || (p.window_left >= 0 && key0 < q0 + block_m - 1 + offset - p.window_left);
+}
+
+// This sequence's rows of the fp32 dQ accumulator for `head`: row q (from the sequence's first query) at q * heads_q * head_dim.
+__device__ __forceinline__ float* dq_accum_rows(float* dq_accum, const FlashBwdParams& p, const SequenceRange& seq, int batch, int head) {
+    return dq_accum + batch * p.dq_accum_batch_stride + ((long long)seq.q_start * p.heads_q + head) * p.head_dim;
 }

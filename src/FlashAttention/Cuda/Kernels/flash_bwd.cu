@@ -11,7 +11,7 @@
 //                      here and to dQ in the conversion;
 //   flash_bwd_convert: dQ = scale * (sum of the splits' accumulators in order), converted to 16 bits.
 // Variant (-D options): FA_HEAD_DIM (64, 128), FA_BLOCK_N (64 or 128 keys per CTA), FA_BLOCK_M (64 or 128 queries per step),
-// FA_BF16, FA_DETERMINISTIC, FA_DROPOUT.
+// FA_BF16, FA_DETERMINISTIC, FA_DROPOUT, FA_SOFTCAP, FA_ALIBI; varlen batches through cu_seqlens (fa_varlen.cuh).
 constexpr int kD = FA_HEAD_DIM;
 #include "fa_bwd_common.cuh"
 
@@ -70,7 +70,8 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
 
     const int head_kv = blockIdx.y, batch = blockIdx.z;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, offset = seqlen_k - seqlen_q;
+    const SequenceRange seq = sequence_range(p, batch);
+    const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k, offset = seqlen_k - seqlen_q;
     const int group = p.heads_q / p.heads_kv;
     const int n_blocks = (seqlen_k + kBlockN - 1) / kBlockN;
     const LaneOffsets lo = lane_offsets<kD>(lane);
@@ -79,8 +80,8 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
     u32 dq_bt[4];
     lane_offsets_bt(dq_bt, lane, dq_col0 / 8);
 
-    const u16* k_base = (const u16*)p.k + batch * p.k_batch_stride + head_kv * p.k_head_stride;
-    const u16* v_base = (const u16*)p.v + batch * p.v_batch_stride + head_kv * p.v_head_stride;
+    const u16* k_base = (const u16*)p.k + batch * p.k_batch_stride + (long long)seq.k_start * p.k_row_stride + head_kv * p.k_head_stride;
+    const u16* v_base = (const u16*)p.v + batch * p.v_batch_stride + (long long)seq.k_start * p.v_row_stride + head_kv * p.v_head_stride;
     float* dq_accum = p.dq_accum + (FA_DETERMINISTIC ? blockIdx.x * p.dq_accum_split_stride : 0);
 
     for (int n_block = blockIdx.x; n_block < n_blocks; n_block += gridDim.x) {
@@ -91,7 +92,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
         cp_async_commit();
 
         int m_first, m_last;
-        query_block_range(p, key0, kBlockN, kBlockM, m_first, m_last);
+        query_block_range(p, seq, key0, kBlockN, kBlockM, m_first, m_last);
 
         float acc_dk[kD / 8][4], acc_dv[kD / 8][4];
 #pragma unroll
@@ -103,7 +104,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
         const int m_count = m_last - m_first + 1, iterations = m_count > 0 ? group * m_count : 0;
         // (head, m_block) of iteration it, advanced by counting (no integer division in the loop).
         int head = head_kv * group, m_block = m_first;
-        if (iterations > 0) load_query_stage<kBlockM, kThreads>(p, sStage0, sScalars, batch, head, m_block * kBlockM, tid);
+        if (iterations > 0) load_query_stage<kBlockM, kThreads>(p, seq, sStage0, sScalars, batch, head, m_block * kBlockM, tid);
         for (int it = 0; it < iterations; ++it, head += m_block == m_last, m_block = m_block == m_last ? m_first : m_block + 1) {
             const int q0 = m_block * kBlockM;
             const u32 sQ = sStage0 + (it % 2) * kStageBytes, sDO = sQ + kBlockM * kRowBytes;
@@ -112,7 +113,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
             cp_async_wait<0>();
             __syncthreads();  // stage it (and K, V) landed; every warp is done with stage it - 1 and with dS
             if (it + 1 < iterations)   // the next step's (head, block), as the loop's increment computes it
-                load_query_stage<kBlockM, kThreads>(p, sStage0 + ((it + 1) % 2) * kStageBytes, sScalars + ((it + 1) % 2) * 2 * kBlockM, batch,
+                load_query_stage<kBlockM, kThreads>(p, seq, sStage0 + ((it + 1) % 2) * kStageBytes, sScalars + ((it + 1) % 2) * 2 * kBlockM, batch,
                                                     m_block == m_last ? head + 1 : head, (m_block == m_last ? m_first : m_block + 1) * kBlockM, tid);
             {
                 // S^T = K Q^T for this warp's 16 keys, then P^T = exp2(S^T * scale*log2e - LSE*log2e).
@@ -120,8 +121,10 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
 #pragma unroll
                 for (int i = 0; i < kBlockM / 8; ++i) acc_s[i][0] = acc_s[i][1] = acc_s[i][2] = acc_s[i][3] = 0.f;
                 gemm_abt<kBlockM / 8>(acc_s, sK, warp * 16, sQ, lo);
-                const bool need_mask = tile_needs_mask(p, key0, kBlockN, q0, kBlockM);
-                probabilities_t(acc_s, p, sLse2, key0 + warp * 16, q0, offset, seqlen_k, need_mask, batch * p.heads_q + head, lane);
+                const bool need_mask = tile_needs_mask(p, seq, key0, kBlockN, q0, kBlockM);
+                SoftcapGrad<kBlockM / 8> cap;
+                probabilities_t(acc_s, cap, p, sLse2, key0 + warp * 16, q0, offset, seqlen_k, need_mask,
+                                alibi_raw_slope(p.alibi_slopes, p.alibi_batch_stride, p.alibi_factor, batch, head), batch * p.heads_q + head, lane);
 
                 // dP^T = V dO^T
                 float acc_dp[kBlockM / 8][4];
@@ -133,7 +136,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
                 gemm_frag_b<kBlockM / 8, FA_DROPOUT != 0>(acc_dv, acc_s, sDO, lo);
 
                 // dS^T = P^T * (dP^T - D) (in place in acc_dp; the softmax scale enters dK and dQ once, at the end)
-                ds_from_dp(acc_dp, acc_s, sDelta, p, lane);
+                ds_from_dp(acc_dp, acc_s, cap, sDelta, p, lane);
 
                 // dK += dS^T Q
                 gemm_frag_b<kBlockM / 8>(acc_dk, acc_dp, sQ, lo);
@@ -144,7 +147,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
 
                 // dQ rows [q0 + 16 r, +16), columns [col0, col0 + kDqCols) += dS K, for this warp's row groups r:
                 // A = dS read transposed from [key][query], B = K read transposed.
-                float* dq_rows = dq_accum + (((long long)batch * seqlen_q) * p.heads_q + head) * p.head_dim;
+                float* dq_rows = dq_accum_rows(dq_accum, p, seq, batch, head);
 #pragma unroll
                 for (int rg = 0; rg < kDqGroupsPerWarp; ++rg) {
                     const int dq_group = (warp % (kWarps / kDqSplitD)) * kDqGroupsPerWarp + rg;
@@ -170,8 +173,8 @@ extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(const Fl
         }
 
         // dK, dV of this key block (rows past seqlen_k are not written).
-        u16* dk = (u16*)p.dk + batch * p.dk_batch_stride + head_kv * p.dk_head_stride;
-        u16* dv = (u16*)p.dv + batch * p.dv_batch_stride + head_kv * p.dv_head_stride;
+        u16* dk = (u16*)p.dk + batch * p.dk_batch_stride + (long long)seq.k_start * p.dk_row_stride + head_kv * p.dk_head_stride;
+        u16* dv = (u16*)p.dv + batch * p.dv_batch_stride + (long long)seq.k_start * p.dv_row_stride + head_kv * p.dv_head_stride;
         store_key_rows<kD / 8>(dk, p.dk_row_stride, acc_dk, p.scale, key0 + warp * 16, seqlen_k, 0, p.head_dim, lane);
         store_key_rows<kD / 8>(dv, p.dv_row_stride, acc_dv, 1.f, key0 + warp * 16, seqlen_k, 0, p.head_dim, lane);
     }

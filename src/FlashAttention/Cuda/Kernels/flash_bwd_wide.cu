@@ -8,7 +8,8 @@
 //      for its 16 keys and kD / 2 columns, reading P^T and dS^T back as A operands (no GEMM is done twice);
 //   3. warp (query row group warp % 4, head-dim half) adds dQ += dS K to the fp32 accumulators, 32 columns at a time.
 // The softmax scale is applied once, to dK here and to dQ in the conversion.
-// Variant (-D options): FA_HEAD_DIM (192, 256), FA_BF16, FA_DETERMINISTIC, FA_DROPOUT.
+// Variant (-D options): FA_HEAD_DIM (192, 256), FA_BF16, FA_DETERMINISTIC, FA_DROPOUT, FA_SOFTCAP, FA_ALIBI; varlen
+// batches through cu_seqlens (fa_varlen.cuh).
 constexpr int kD = FA_HEAD_DIM;
 #include "fa_bwd_common.cuh"
 
@@ -50,7 +51,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) flash_bwd_kernel(const
     const int head_kv = blockIdx.y, batch = blockIdx.z;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int key_group = warp % 4, side = warp / 4;   // step 1: query half; steps 2 and 3: head-dim half
-    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, offset = seqlen_k - seqlen_q;
+    const SequenceRange seq = sequence_range(p, batch);
+    const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k, offset = seqlen_k - seqlen_q;
     const int group = p.heads_q / p.heads_kv;
     const int n_blocks = (seqlen_k + kBlockN - 1) / kBlockN;
     const LaneOffsets lo = lane_offsets<kD>(lane);
@@ -60,8 +62,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) flash_bwd_kernel(const
     for (int j = 0; j < 4; ++j) a_rows[j] = lo_pt.a[j] + key_group * 16 * (kBlockM * 2);   // + rows: the swizzle keeps row % 8
     lane_offsets_bt(bt_half, lane, side * kHalfD / 8);
 
-    const u16* k_base = (const u16*)p.k + batch * p.k_batch_stride + head_kv * p.k_head_stride;
-    const u16* v_base = (const u16*)p.v + batch * p.v_batch_stride + head_kv * p.v_head_stride;
+    const u16* k_base = (const u16*)p.k + batch * p.k_batch_stride + (long long)seq.k_start * p.k_row_stride + head_kv * p.k_head_stride;
+    const u16* v_base = (const u16*)p.v + batch * p.v_batch_stride + (long long)seq.k_start * p.v_row_stride + head_kv * p.v_head_stride;
     float* dq_accum = p.dq_accum + (FA_DETERMINISTIC ? blockIdx.x * p.dq_accum_split_stride : 0);
 
     for (int n_block = blockIdx.x; n_block < n_blocks; n_block += gridDim.x) {
@@ -72,7 +74,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) flash_bwd_kernel(const
         cp_async_commit();
 
         int m_first, m_last;
-        query_block_range(p, key0, kBlockN, kBlockM, m_first, m_last);
+        query_block_range(p, seq, key0, kBlockN, kBlockM, m_first, m_last);
 
         float acc_dk[kHalfD / 8][4], acc_dv[kHalfD / 8][4];
 #pragma unroll
@@ -84,7 +86,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) flash_bwd_kernel(const
         const int m_count = m_last - m_first + 1, iterations = m_count > 0 ? group * m_count : 0;
         // (head, m_block) of iteration it, advanced by counting (no integer division in the loop).
         int head = head_kv * group, m_block = m_first;
-        if (iterations > 0) load_query_stage<kBlockM, kThreads>(p, sStage0, sScalars, batch, head, m_block * kBlockM, tid);
+        if (iterations > 0) load_query_stage<kBlockM, kThreads>(p, seq, sStage0, sScalars, batch, head, m_block * kBlockM, tid);
         for (int it = 0; it < iterations; ++it, head += m_block == m_last, m_block = m_block == m_last ? m_first : m_block + 1) {
             const int q0 = m_block * kBlockM;
             const u32 sQ = sStage0 + (it % 2) * kStageBytes, sDO = sQ + kBlockM * kRowBytes;
@@ -93,7 +95,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) flash_bwd_kernel(const
             cp_async_wait<0>();
             __syncthreads();  // stage it (and K, V) landed; every warp is done with stage it - 1, P^T and dS^T
             if (it + 1 < iterations)   // the next step's (head, block), as the loop's increment computes it
-                load_query_stage<kBlockM, kThreads>(p, sStage0 + ((it + 1) % 2) * kStageBytes, sScalars + ((it + 1) % 2) * 2 * kBlockM, batch,
+                load_query_stage<kBlockM, kThreads>(p, seq, sStage0 + ((it + 1) % 2) * kStageBytes, sScalars + ((it + 1) % 2) * 2 * kBlockM, batch,
                                                     m_block == m_last ? head + 1 : head, (m_block == m_last ? m_first : m_block + 1) * kBlockM, tid);
             {
                 // Step 1: this warp's 16 keys x 32 queries of S^T, P^T, dP^T and dS^T.
@@ -104,11 +106,12 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) flash_bwd_kernel(const
 #pragma unroll
                     for (int c = 0; c < 4; ++c) acc_s[i][c] = acc_dp[i][c] = 0.f;
                 gemm_abt<4>(acc_s, sK, key_group * 16, sQ + q_col * kRowBytes, lo);
-                const bool need_mask = tile_needs_mask(p, key0, kBlockN, q0, kBlockM);
-                probabilities_t(acc_s, p, sLse2 + q_col, key0 + key_group * 16, q0 + q_col, offset, seqlen_k, need_mask,
-                                batch * p.heads_q + head, lane);
+                const bool need_mask = tile_needs_mask(p, seq, key0, kBlockN, q0, kBlockM);
+                SoftcapGrad<4> cap;
+                probabilities_t(acc_s, cap, p, sLse2 + q_col, key0 + key_group * 16, q0 + q_col, offset, seqlen_k, need_mask,
+                                alibi_raw_slope(p.alibi_slopes, p.alibi_batch_stride, p.alibi_factor, batch, head), batch * p.heads_q + head, lane);
                 gemm_abt<4>(acc_dp, sV, key_group * 16, sDO + q_col * kRowBytes, lo);
-                ds_from_dp(acc_dp, acc_s, sDelta + q_col, p, lane);
+                ds_from_dp(acc_dp, acc_s, cap, sDelta + q_col, p, lane);
                 // P^T for dV (with dropout: the kept P / (1 - p), dropped ones 0) and dS^T, columns [q_col, q_col + 32).
                 store_frag_tile<kBlockM, 4, FA_DROPOUT != 0>(sPT, key_group * 16, q_col / 8, acc_s, lane);
                 store_frag_tile<kBlockM, 4>(sDS, key_group * 16, q_col / 8, acc_dp, lane);
@@ -123,7 +126,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) flash_bwd_kernel(const
             // A = dS read transposed out of dS^T[key][query], B = K read transposed.
             const int dq_group = key_group;
             const u32 ds_offset = ds_lane_offset<kBlockM>(lane, dq_group);
-            float* dq_rows = dq_accum + (((long long)batch * seqlen_q) * p.heads_q + head) * p.head_dim;
+            float* dq_rows = dq_accum_rows(dq_accum, p, seq, batch, head);
 #pragma unroll
             for (int pass = 0; pass < kHalfD / kDqPassCols; ++pass) {
                 float acc_dq[kDqPassCols / 8][4];
@@ -149,8 +152,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) flash_bwd_kernel(const
         }
 
         // dK, dV of this key block: this warp's 16 keys and head-dim half (rows past seqlen_k are not written).
-        u16* dk = (u16*)p.dk + batch * p.dk_batch_stride + head_kv * p.dk_head_stride;
-        u16* dv = (u16*)p.dv + batch * p.dv_batch_stride + head_kv * p.dv_head_stride;
+        u16* dk = (u16*)p.dk + batch * p.dk_batch_stride + (long long)seq.k_start * p.dk_row_stride + head_kv * p.dk_head_stride;
+        u16* dv = (u16*)p.dv + batch * p.dv_batch_stride + (long long)seq.k_start * p.dv_row_stride + head_kv * p.dv_head_stride;
         store_key_rows<kHalfD / 8>(dk, p.dk_row_stride, acc_dk, p.scale, key0 + key_group * 16, seqlen_k, side * kHalfD, p.head_dim, lane);
         store_key_rows<kHalfD / 8>(dv, p.dv_row_stride, acc_dv, 1.f, key0 + key_group * 16, seqlen_k, side * kHalfD, p.head_dim, lane);
     }

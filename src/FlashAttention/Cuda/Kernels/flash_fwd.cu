@@ -7,10 +7,13 @@
 // (the causal diagonal, the seqlen_k tail) come first and the rest run unmasked.
 //
 // Variant (set by the launcher as -D options): FA_HEAD_DIM (64, 128, 192, 256), FA_BLOCK_M, FA_BLOCK_N,
-// FA_WARPS, FA_BF16, FA_DROPOUT. The softmax scale must be positive (the launcher checks).
+// FA_WARPS, FA_BF16, FA_DROPOUT, FA_SOFTCAP, FA_ALIBI (fa_score_mods.cuh). The softmax scale must be positive (the
+// launcher checks).
 #include "fa_ptx.cuh"
 #include "fa_params.cuh"
 #include "fa_tile.cuh"
+#include "fa_score_mods.cuh"
+#include "fa_varlen.cuh"
 
 #ifndef FA_ROLL_QK
 #define FA_ROLL_QK 0
@@ -37,16 +40,12 @@ __device__ __forceinline__ void flash_fwd_block(const FlashFwdParams& p) {
     const int head = blockIdx.y, batch = blockIdx.z;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
 
-    int q_start = 0, k_start = 0, seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k;
-    if (p.cu_seqlens_q != nullptr) {
-        q_start = p.cu_seqlens_q[batch];
-        seqlen_q = p.cu_seqlens_q[batch + 1] - q_start;
-        k_start = p.cu_seqlens_k[batch];
-        seqlen_k = p.cu_seqlens_k[batch + 1] - k_start;
-    }
+    const SequenceRange seq = sequence_range(p, batch);
+    const int q_start = seq.q_start, k_start = seq.k_start, seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k;
     const int row0 = m_block * BM;
     if (row0 >= seqlen_q) return;
     const int head_kv = head / (p.heads_q / p.heads_kv);
+    const float raw_slope = alibi_raw_slope(p.alibi_slopes, p.alibi_batch_stride, p.alibi_factor, batch, head);
 
     const u16* q = (const u16*)p.q + batch * p.q_batch_stride + q_start * p.q_row_stride + head * p.q_head_stride;
     const u16* k = (const u16*)p.k + batch * p.k_batch_stride + k_start * p.k_row_stride + head_kv * p.k_head_stride;
@@ -134,9 +133,23 @@ __device__ __forceinline__ void flash_fwd_block(const FlashFwdParams& p) {
             }
         }
 
+        // Softcap and ALiBi (compile-time variants) on every score, before the mask (tanh(-inf) would not stay -inf).
+        const int col0 = n_block * BN;
+#if FA_SOFTCAP || FA_ALIBI
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int diagonal = row0 + warp_row0 + mt * 16 + g + (i >= 2 ? 8 : 0) + offset;
+                float unused_dtanh;
+#pragma unroll
+                for (int nt = 0; nt < kSTiles; ++nt)
+                    acc_s[mt][nt][i] = modify_score(acc_s[mt][nt][i], p.softcap_pre, raw_slope, diagonal - (col0 + nt * 8 + 2 * t + (i & 1)), unused_dtanh);
+            }
+#endif
+
         // Element masks (-inf) only on blocks that cross the seqlen_k tail or a window edge; the rest of the
         // blocks skip this pass entirely.
-        const int col0 = n_block * BN;
         const bool need_mask = col0 + BN > seqlen_k
             || (p.window_right >= 0 && col0 + BN - 1 > row0 + offset + p.window_right)
             || (p.window_left >= 0 && col0 < last_row + offset - p.window_left);
