@@ -4,7 +4,7 @@ using FlashAttn.Cuda;
 namespace FlashAttn.Cli;
 
 /// <summary>The CUDA path: host tensors uploaded, the FlashAttention-2 kernels on the GPU, results downloaded.
-/// Softcap and ALiBi, and backward beyond head dim 128, are not in the GPU kernels yet.</summary>
+/// Every option runs on the GPU; fp32 stays on the CPU path.</summary>
 internal sealed class CudaPath(CudaDevice device) : IExecutionPath
 {
     public CudaDevice Device => device;
@@ -14,9 +14,7 @@ internal sealed class CudaPath(CudaDevice device) : IExecutionPath
     public string Description => $"{device.Name}, {device.Architecture}, {device.MultiprocessorCount} SMs";
 
     public string? ForwardGap(ElementType type, AttentionOptions options) =>
-        type == ElementType.Fp32 ? "fp32 runs on the CPU path only"
-        : options.Softcap > 0 || options.AlibiSlopes is not null ? "not in the CUDA kernel yet"
-        : null;
+        type == ElementType.Fp32 ? "fp32 runs on the CPU path only" : null;
 
     public AttentionResult<T> Forward<T>(Tensor<T> q, Tensor<T> k, Tensor<T> v, AttentionOptions options, CancellationToken ct) where T : unmanaged
     {

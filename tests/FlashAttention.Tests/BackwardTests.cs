@@ -65,11 +65,14 @@ public sealed class BackwardTests
     public void Dropout(Dtype dtype, float p) =>
         DtypeDispatch.Backward(dtype, new Problem(2, 77, 130, 4, 2, 40), new AttentionOptions { DropoutProbability = p });
 
-    [Fact]
-    public void EverythingAtOnce() =>
+    /// <summary>Every option at once, as far as flash-attn allows: softcap excludes dropout, so dropout takes its place in the second case.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void EverythingAtOnce(bool dropoutInsteadOfSoftcap) =>
         DtypeDispatch.Backward(Dtype.Fp32, new Problem(2, 100, 81, 4, 2, 24), new AttentionOptions
         {
-            Causal = true, WindowLeft = 25, Softcap = 4f, AlibiSlopes = Tensor.Create(new[] { 0.1f, 0.2f, 0.3f, 0.4f }, [4]),
-            DropoutProbability = 0.25f, SoftmaxScale = 0.4f,
+            Causal = true, WindowLeft = 25, AlibiSlopes = Tensor.Create(new[] { 0.1f, 0.2f, 0.3f, 0.4f }, [4]), SoftmaxScale = 0.4f,
+            Softcap = dropoutInsteadOfSoftcap ? 0f : 4f, DropoutProbability = dropoutInsteadOfSoftcap ? 0.25f : 0f,
         });
 }

@@ -41,14 +41,18 @@ public sealed class ScoreModifierTests
         DtypeDispatch.Forward(dtype, new Problem(2, 113, 60, 4, 2, 24), new AttentionOptions { AlibiSlopes = slopes });
     }
 
-    [Fact]
-    public void EverythingAtOnce()
+    /// <summary>Every option at once, as far as flash-attn allows: softcap excludes dropout, so dropout takes its place in the second case.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void EverythingAtOnce(bool dropoutInsteadOfSoftcap)
     {
         var slopes = Tensor.Create(new[] { 0.25f, 0.125f }, [2]);
         var options = new AttentionOptions
         {
-            SoftmaxScale = 0.3f, Softcap = 5f, AlibiSlopes = slopes, WindowLeft = 30, WindowRight = 10,
-            DropoutProbability = 0.2f, DropoutState = new TestRandom().NextDropoutState(),
+            SoftmaxScale = 0.3f, AlibiSlopes = slopes, WindowLeft = 30, WindowRight = 10,
+            Softcap = dropoutInsteadOfSoftcap ? 0f : 5f, DropoutProbability = dropoutInsteadOfSoftcap ? 0.2f : 0f,
+            DropoutState = new TestRandom().NextDropoutState(),
         };
         DtypeDispatch.Forward(Dtype.Fp32, new Problem(2, 100, 130, 2, 1, 33), options, checkProbabilities: true);
     }
