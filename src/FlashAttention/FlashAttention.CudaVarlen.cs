@@ -48,6 +48,37 @@ public static partial class FlashAttention
     }
 
     /// <summary>
+    /// <see cref="ForwardVarlen{T}(CudaTensor{T}, CudaTensor{T}, CudaTensor{T}, CudaTensor{int}, CudaTensor{int}, int, int, AttentionOptions?, CudaStream?)"/>
+    /// into caller-owned device tensors (flash-attn's <c>out=</c>); nothing is written when validation fails.
+    /// </summary>
+    /// <param name="q">(total_q, heads_q, headdim).</param>
+    /// <param name="k">(total_k, heads_kv, headdim).</param>
+    /// <param name="v">Same shape as k.</param>
+    /// <param name="cuSeqlensQ">batch + 1 int32 cumulative query offsets on the device.</param>
+    /// <param name="cuSeqlensK">batch + 1 int32 cumulative key offsets on the device.</param>
+    /// <param name="maxSeqlenQ">The longest query sequence.</param>
+    /// <param name="maxSeqlenK">The longest key sequence.</param>
+    /// <param name="output">Receives O, shaped like q (headdim contiguous).</param>
+    /// <param name="logSumExp">Receives the fp32 log-sum-exp, (heads_q, total_q), last dimension contiguous.</param>
+    /// <param name="options">Attention options; ReturnProbabilities is rejected.</param>
+    /// <param name="stream">The stream to launch on; null for the legacy default stream.</param>
+    /// <returns>The dropout state used (pass it to backward), or null when dropout is off.</returns>
+    public static DropoutState? ForwardVarlenInto<T>(CudaTensor<T> q, CudaTensor<T> k, CudaTensor<T> v, CudaTensor<int> cuSeqlensQ,
+        CudaTensor<int> cuSeqlensK, int maxSeqlenQ, int maxSeqlenK, CudaTensor<T> output, CudaTensor<float> logSumExp,
+        AttentionOptions? options = null, CudaStream? stream = null) where T : unmanaged
+    {
+        options ??= AttentionOptions.Default;
+        var shape = ValidateCudaVarlen(q, k, v, cuSeqlensQ, cuSeqlensK, maxSeqlenQ, maxSeqlenK, options);
+        ArgumentNullException.ThrowIfNull(output);
+        ArgumentNullException.ThrowIfNull(logSumExp);
+        var qa = Describe(q, nameof(q));
+        ShapeValidator.Backward(shape, qa, Describe(output, nameof(output)), Describe(output, nameof(output)), Describe(logSumExp, nameof(logSumExp)));
+        if (options.ReturnProbabilities)
+            throw new ArgumentException("ReturnProbabilities is for fixed-length batches.", nameof(options));
+        return RunCudaForward(shape, options, q, k, v, output, logSumExp, null, stream, cuSeqlensQ, cuSeqlensK);
+    }
+
+    /// <summary>
     /// Gradients of <see cref="ForwardVarlen{T}(CudaTensor{T}, CudaTensor{T}, CudaTensor{T}, CudaTensor{int}, CudaTensor{int}, int, int, AttentionOptions?, CudaStream?)"/> (flash-attn's varlen backward) into caller-owned tensors (e.g. views of one
     /// packed dQKV allocation); nothing is written when validation fails.
     /// </summary>

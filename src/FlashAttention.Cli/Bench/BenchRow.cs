@@ -35,6 +35,10 @@ internal sealed record BenchRow
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public double? WorkspaceMib { get; init; }
 
+    /// <summary>DESIGN.md's optional feature key (softcap, alibi, window, varlen, ...); null for the plain sweep's rows.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public string? Feature { get; init; }
+
     [JsonIgnore]
     public double PercentOfPeak => FmaPeakGflops > 0 ? 100 * Gflops / FmaPeakGflops : double.NaN;
 

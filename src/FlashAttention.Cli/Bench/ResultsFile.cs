@@ -37,15 +37,16 @@ internal static class ResultsFile
         return new(path, historyPath);
     }
 
-    /// <summary>The attention rows of a results file (any impl; keys this tool does not write may be missing:
-    /// gflops falls back to tflops, the FMA peak to 0).</summary>
+    /// <summary>The attention rows of the plain sweep in a results file (any impl; keys this tool does not write may be missing:
+    /// gflops falls back to tflops, the FMA peak to 0). Feature-overhead rows (with a "feature" key) are left out: they measure
+    /// other work on shapes the sweep also has.</summary>
     public static List<BenchRow> Load(string path)
     {
         if (!File.Exists(path)) throw new CliException($"{path} does not exist; run `flash-attn bench` first or pass --results.");
         var rows = new List<BenchRow>();
         foreach (var node in Parse(File.ReadAllText(path), path))
         {
-            if (node is not JsonObject row || (StringOf(row, "op") ?? "attention") != "attention") continue;
+            if (node is not JsonObject row || (StringOf(row, "op") ?? "attention") != "attention" || row.ContainsKey("feature")) continue;
             double Number(string key) => row[key] is JsonValue v && v.TryGetValue<double>(out var x) ? x : double.NaN;
             double tflops = Number("tflops"), gflops = Number("gflops"), peak = Number("fma_peak_gflops");
             rows.Add(new BenchRow

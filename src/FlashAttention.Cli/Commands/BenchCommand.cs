@@ -24,10 +24,11 @@ internal static class BenchCommand
         var cpu = new Option<bool>("--cpu") { Description = "Benchmark the CPU path even when a CUDA GPU is present." };
         var peers = new Option<string?>("--peers") { Description = "GPU: the PyTorch peer script (default bench/peers/torch_sdpa.py)." };
         var noUnfused = new Option<bool>("--no-unfused") { Description = "GPU: leave out the unfused (materialised) baseline." };
+        var noFeatures = new Option<bool>("--no-features") { Description = "GPU: leave out the feature-overhead rows (softcap, ALiBi, dropout, GQA, packed QKV, windows, varlen)." };
 
         var command = new Command("bench", "Benchmark the attention paths over a sweep of shapes; write results JSON and a PNG plot.")
         {
-            dtype, seqlens, headdims, batch, heads, causal, modes, repeats, naiveMax, quick, output, plot, cpu, peers, noUnfused,
+            dtype, seqlens, headdims, batch, heads, causal, modes, repeats, naiveMax, quick, output, plot, cpu, peers, noUnfused, noFeatures,
         };
         command.SetGuardedAction((parseResult, ct) =>
         {
@@ -60,7 +61,8 @@ internal static class BenchCommand
                     parseResult.GetValue(plot),
                     parseResult.GetValue(peers) ?? Path.Combine("bench", "peers", "torch_sdpa.py"),
                     !parseResult.GetValue(noUnfused),
-                    SeedMemory: !isQuick);
+                    SeedMemory: !isQuick,
+                    Features: !isQuick && !parseResult.GetValue(noFeatures));
                 return Gpu.GpuBenchRun.Execute(gpu.Device, gpuSettings, ct);
             }
 

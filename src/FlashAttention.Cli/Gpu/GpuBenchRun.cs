@@ -14,7 +14,7 @@ namespace FlashAttn.Cli.Gpu;
 internal static class GpuBenchRun
 {
     public sealed record Settings(IReadOnlyList<string> Dtypes, IReadOnlyList<int> HeadDims, IReadOnlyList<int> Seqlens, IReadOnlyList<bool> Causal,
-        IReadOnlyList<string> Modes, string? OutputDirectory, string? PlotPath, string PeerScript, bool Unfused, bool SeedMemory);
+        IReadOnlyList<string> Modes, string? OutputDirectory, string? PlotPath, string PeerScript, bool Unfused, bool SeedMemory, bool Features = false);
 
     public static int Execute(CudaDevice device, Settings settings, CancellationToken ct)
     {
@@ -49,6 +49,7 @@ internal static class GpuBenchRun
             });
 
         foreach (var note in skipped) AnsiConsole.MarkupLine($"[yellow]skipped:[/] {Markup.Escape(note)}");
+        var featureRows = settings.Features ? FeatureBench.Run(device, stream, settings.Modes, run, ct) : [];
         AnsiConsole.MarkupLine("Running the PyTorch peers on the same shapes...");
         var peers = TorchPeers.Run(settings.PeerScript, cases, run, TimeSpan.FromMinutes(8));
         if (peers.Note is not null) AnsiConsole.MarkupLine($"[yellow]note:[/] {Markup.Escape(peers.Note)}");
@@ -59,7 +60,7 @@ internal static class GpuBenchRun
         if (settings.SeedMemory) AnsiConsole.Write(MemoryTable(rows.Where(IsSeed).ToList()));
         if (settings.OutputDirectory is { } directory)
         {
-            var saved = ResultsFile.Save(directory, slug, rows);
+            var saved = ResultsFile.Save(directory, slug, [.. rows, .. featureRows]);
             AnsiConsole.MarkupLine($"Results: {Markup.Escape(saved.Path)}");
         }
         string? plot = settings.PlotPath ?? (settings.OutputDirectory is { } d ? Path.Combine(d, slug + ".png") : null);

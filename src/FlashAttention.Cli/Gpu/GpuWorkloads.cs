@@ -68,10 +68,13 @@ internal sealed class GpuWorkloads<T> : IDisposable where T : unmanaged
         };
     }
 
+    private static CudaTensor<T> Upload(GpuBenchCase c, CudaDevice device, Random random) => UploadUniform(device, random, c.Lengths);
+
     /// <summary>Uniform random values in [-1, 1), generated in parallel chunks (tens of millions of elements per tensor).</summary>
-    private static CudaTensor<T> Upload(GpuBenchCase c, CudaDevice device, Random random)
+    public static CudaTensor<T> UploadUniform(CudaDevice device, Random random, nint[] lengths)
     {
-        long count = (long)c.Batch * c.Seqlen * c.Heads * c.HeadDim;
+        long count = 1;
+        foreach (var n in lengths) count *= n;
         var values = new T[count];
         const int chunk = 1 << 20;
         int seed = random.Next();
@@ -81,10 +84,10 @@ internal sealed class GpuWorkloads<T> : IDisposable where T : unmanaged
             long end = Math.Min(count, (long)(index + 1) * chunk);
             for (long i = (long)index * chunk; i < end; i++) values[i] = FromFloat(local.NextSingle() * 2 - 1);
         });
-        return CudaTensor<T>.FromHost(System.Numerics.Tensors.Tensor.Create(values, c.Lengths), device);
+        return CudaTensor<T>.FromHost(System.Numerics.Tensors.Tensor.Create(values, lengths), device);
     }
 
-    private static T FromFloat(float x)
+    public static T FromFloat(float x)
     {
         if (typeof(T) == typeof(Half))
         {

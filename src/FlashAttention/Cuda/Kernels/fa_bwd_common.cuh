@@ -236,6 +236,8 @@ template <int NT, bool kMask>
 __device__ __forceinline__ void probabilities_t_pass(float (&acc)[NT][4], SoftcapGrad<NT>& cap, const FlashBwdParams& p, const float* lse2,
                                                      int key_row0, int q_col0, int offset, int seqlen_k, float raw_slope, int stream, int lane) {
     const int g = lane / 4, t = lane % 4;
+    // diagonal - key of the thread's first (query, key) pair; the others differ by compile-time constants.
+    const float distance0 = (float)(q_col0 + 2 * t + offset - key_row0 - g);
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
         const float2 l = *(const float2*)(lse2 + nt * 8 + 2 * t);   // the thread's two query columns in one 8-byte load
@@ -244,7 +246,7 @@ __device__ __forceinline__ void probabilities_t_pass(float (&acc)[NT][4], Softca
             const int query = q_col0 + nt * 8 + 2 * t + (i & 1), key = key_row0 + g + (i >= 2 ? 8 : 0);
             const int diagonal = query + offset;
             float dtanh = 1.f;
-            const float s = modify_score(acc[nt][i], p.softcap_pre, raw_slope, diagonal - key, dtanh);
+            const float s = modify_score(acc[nt][i], p.softcap_pre, raw_slope, distance0 + (float)(nt * 8 + (i & 1) - (i >= 2 ? 8 : 0)), dtanh);
 #if FA_SOFTCAP
             cap.dtanh[nt][i] = dtanh;
 #endif

@@ -31,14 +31,16 @@ __device__ __forceinline__ float alibi_raw_slope(const float* slopes, long long 
 }
 
 // Applies the compiled-in modifiers to one raw score at signed distance (diagonal - key) from the query's diagonal.
-// Softcap returns d tanh through `dtanh` (left untouched without softcap).
-__device__ __forceinline__ float modify_score(float raw, float softcap_pre, float raw_slope, int distance, float& dtanh) {
+// The distance is a float (exact below 2^24) that callers form as a per-thread base minus a compile-time constant, so
+// ALiBi costs an FADD and an FFMA with |.| per score: an int-to-float conversion per score would run on the same slow pipe
+// as exp2. Softcap returns d tanh through `dtanh` (left untouched without softcap).
+__device__ __forceinline__ float modify_score(float raw, float softcap_pre, float raw_slope, float distance, float& dtanh) {
 #if FA_SOFTCAP
     raw = fast_tanh(raw * softcap_pre);
     dtanh = fmaf(-raw, raw, 1.f);
 #endif
 #if FA_ALIBI
-    raw = fmaf(-raw_slope, fabsf((float)distance), raw);
+    raw = fmaf(-raw_slope, fabsf(distance), raw);
 #endif
     return raw;
 }

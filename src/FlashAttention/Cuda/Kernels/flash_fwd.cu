@@ -140,11 +140,12 @@ __device__ __forceinline__ void flash_fwd_block(const FlashFwdParams& p) {
         for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-                const int diagonal = row0 + warp_row0 + mt * 16 + g + (i >= 2 ? 8 : 0) + offset;
+                // diagonal - col for the thread's first column of the block; the n-tile adds a constant.
+                const float distance0 = (float)(row0 + warp_row0 + mt * 16 + g + (i >= 2 ? 8 : 0) + offset - col0 - 2 * t - (i & 1));
                 float unused_dtanh;
 #pragma unroll
                 for (int nt = 0; nt < kSTiles; ++nt)
-                    acc_s[mt][nt][i] = modify_score(acc_s[mt][nt][i], p.softcap_pre, raw_slope, diagonal - (col0 + nt * 8 + 2 * t + (i & 1)), unused_dtanh);
+                    acc_s[mt][nt][i] = modify_score(acc_s[mt][nt][i], p.softcap_pre, raw_slope, distance0 - (float)(nt * 8), unused_dtanh);
             }
 #endif
 
