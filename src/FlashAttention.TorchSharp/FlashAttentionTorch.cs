@@ -26,7 +26,7 @@ namespace FlashAttn.TorchSharp;
 /// a failure there makes <c>loss.backward()</c> throw libtorch's "invalid gradient" error, and the original exception is
 /// in <see cref="LastBackwardException"/> (and written to standard error).</para>
 /// </remarks>
-public static class FlashAttentionTorch
+public static partial class FlashAttentionTorch
 {
     private static Exception? _lastBackwardException;
 

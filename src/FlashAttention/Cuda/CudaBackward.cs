@@ -71,7 +71,10 @@ internal static class CudaBackward
                 AlibiFactor = modifiers.AlibiFactor, Dropout = DropoutKernelParams.From(settings.Dropout),
             };
             // The pre-pass reads D's strides from the LSE's: allocate D with the same (batch, head, row) layout.
-            if (varlen ? lse.StrideBatch != 0 || lse.StrideHead != shape.TotalQ : lse.StrideBatch != (long)hq * sq || lse.StrideHead != sq)
+            // (An LSE without rows has no meaningful strides: row-major strides of a zero length are 1.)
+            bool lseDense = accumulatorRows == 0 || hq == 1 && (varlen || b == 1)
+                || (varlen ? lse.StrideBatch == 0 && lse.StrideHead == shape.TotalQ : (b == 1 || lse.StrideBatch == (long)hq * sq) && lse.StrideHead == sq);
+            if (!lseDense)
                 throw new ArgumentException(
                     $"logSumExp must be dense {(varlen ? "(heads_q, total_q)" : "(batch, heads_q, seqlen_q)")}, as forward returns it.", "logSumExp");
             // The per-row pre-pass and conversion walk varlen's token rows as one batch of total_q rows.

@@ -46,6 +46,44 @@ public sealed class CudaProbabilitiesTests
         else CheckAgainstCpuAndReference<BFloat16>(problem, options);
     }
 
+    public static TheoryData<Dtype, string, int, int, int, bool> ScoreModifierCases => new()
+    {
+        // dtype, modifiers, seqlen_q, seqlen_k, head dim, causal; all GQA 4:2, batch 2
+        { Dtype.Fp16, "softcap", 77, 130, 64, false },
+        { Dtype.Bf16, "softcap", 130, 77, 40, true },               // seqlen_q > seqlen_k causal: rows that see no key
+        { Dtype.Fp16, "alibi", 77, 130, 128, true },
+        { Dtype.Bf16, "alibi-batch", 130, 77, 64, false },
+        { Dtype.Fp16, "softcap+alibi-batch", 77, 130, 40, false },
+        { Dtype.Bf16, "alibi+window", 77, 130, 128, false },
+    };
+
+    /// <summary>
+    /// Softcap (cap 2 at scale 1: most scores saturate, as in ScoreModifierTests) and ALiBi (per head or per batch and head) in
+    /// P. The GPU forward's LSE comes from the kernel's tanh.approx (relative error up to 2^-11, so up to cap * 2^-11 in a logit)
+    /// while the probabilities kernel takes an accurate tanhf: with softcap, GPU and CPU P then differ by a per-row factor
+    /// exp(LSE_cpu - LSE_gpu), which the CPU comparison divides out (the LSE itself is checked against the reference).
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(ScoreModifierCases))]
+    public void ScoreModifiedProbabilitiesMatchTheCpuPathAndTheReference(Dtype dtype, string modifiers, int seqlenQ, int seqlenK, int headDim, bool causal)
+    {
+        GpuRequirement.SkipIfUnavailable();
+        var random = new TestRandom();
+        var options = new AttentionOptions { Causal = causal, ReturnProbabilities = true };
+        foreach (var modifier in modifiers.Split('+'))
+            options = modifier switch
+            {
+                "softcap" => options with { Softcap = 2f, SoftmaxScale = 1f },
+                "alibi" => options with { AlibiSlopes = Tensor.Create(random.Uniform(4, 0.05f, 0.5f), [4]) },
+                "alibi-batch" => options with { AlibiSlopes = Tensor.Create(random.Uniform(2 * 4, 0.05f, 0.5f), [2, 4]) },
+                "window" => options with { WindowLeft = 20, WindowRight = 5 },
+                _ => throw new ArgumentException($"unknown modifier {modifier}", nameof(modifiers)),
+            };
+        var problem = new Problem(2, seqlenQ, seqlenK, 4, 2, headDim);
+        if (dtype == Dtype.Fp16) CheckAgainstCpuAndReference(Inputs<Half>.Create(problem, random), options);
+        else CheckAgainstCpuAndReference(Inputs<BFloat16>.Create(problem, random), options);
+    }
+
     [Fact]
     public void PackedQkvViewsAreReadThroughStrides()
     {
@@ -59,15 +97,20 @@ public sealed class CudaProbabilitiesTests
     }
 
     [Theory]
-    [InlineData(0.3f, false)]
-    [InlineData(0.1f, true)]
-    public void DropoutSignsEqualTheCpuPathAndTheMaskBitForBit(float probability, bool causal)
+    [InlineData(0.3f, false, false)]
+    [InlineData(0.1f, true, false)]
+    [InlineData(0.2f, false, true)]  // ALiBi (batch, heads) with dropout: small slopes, so no visible P underflows to a sign-less 0
+    public void DropoutSignsEqualTheCpuPathAndTheMaskBitForBit(float probability, bool causal, bool alibi)
     {
         GpuRequirement.SkipIfUnavailable();
         var random = new TestRandom();
         var problem = new Problem(2, 77, 130, 4, 2, 64);
         var state = random.NextDropoutState();
-        var options = new AttentionOptions { DropoutProbability = probability, DropoutState = state, Causal = causal, ReturnProbabilities = true };
+        var options = new AttentionOptions
+        {
+            DropoutProbability = probability, DropoutState = state, Causal = causal, ReturnProbabilities = true,
+            AlibiSlopes = alibi ? Tensor.Create(random.Uniform(2 * 4, 0.02f, 0.2f), [2, 4]) : null,
+        };
         var inputs = Inputs<Half>.Create(problem, random);
         var gpu = OnGpu(inputs, options);
         var cpu = OnCpu(inputs, options);
@@ -136,24 +179,39 @@ public sealed class CudaProbabilitiesTests
         Assert.All(Values(lse.ToHost()), x => Assert.True(float.IsNaN(x), $"LSE was written: {x}"));
     }
 
-    private static void CheckAgainstCpuAndReference<T>(Problem problem, AttentionOptions options) where T : unmanaged
+    private static void CheckAgainstCpuAndReference<T>(Problem problem, AttentionOptions options) where T : unmanaged =>
+        CheckAgainstCpuAndReference(Inputs<T>.Create(problem), options);
+
+    private static void CheckAgainstCpuAndReference<T>(Inputs<T> inputs, AttentionOptions options) where T : unmanaged
     {
-        var inputs = Inputs<T>.Create(problem);
         // O, LSE and P against the float64 reference (tolerance rule), and P's sign against the reference's mask.
-        var gpu = AttentionCheck.Forward<T>(problem, options, checkProbabilities: true, inputs: inputs, run: OnGpu);
+        var gpu = AttentionCheck.Forward<T>(inputs.Problem, options, checkProbabilities: true, inputs: inputs, run: OnGpu);
         var cpu = OnCpu(inputs, options);
-        AssertMatchesCpu(gpu, cpu, inputs, options);
-        AssertRowsSumToOne(gpu, inputs, options);
+        bool softcap = options.Softcap > 0;
+        AssertMatchesCpu(gpu, cpu, inputs, options, rescaleByLse: softcap);
+        if (!softcap) // with softcap a GPU row sums to exp(LSE_exact - LSE_gpu), off 1 by the forward's tanh.approx error
+            AssertRowsSumToOne(gpu, inputs, options);
     }
 
-    /// <summary>Element by element: hidden entries are +0 on both paths, visible ones agree to fp32 rounding.</summary>
-    private static void AssertMatchesCpu<T>(AttentionResult<T> gpu, AttentionResult<T> cpu, Inputs<T> inputs, AttentionOptions options)
-        where T : unmanaged
+    /// <summary>Element by element: hidden entries are +0 on both paths, visible ones agree to fp32 rounding; with
+    /// <paramref name="rescaleByLse"/>, after scaling the CPU row by exp(LSE_cpu - LSE_gpu) (see the score modifier cases).</summary>
+    private static void AssertMatchesCpu<T>(AttentionResult<T> gpu, AttentionResult<T> cpu, Inputs<T> inputs, AttentionOptions options,
+        bool rescaleByLse = false) where T : unmanaged
     {
         var p = inputs.Problem;
         nint[] expectedLengths = [p.Batch, p.HeadsQ, p.SeqlenQ, p.SeqlenK];
         Assert.Equal(expectedLengths, gpu.Probabilities!.Lengths.ToArray());
         float[] g = Values(gpu.Probabilities), c = Values(cpu.Probabilities);
+        if (rescaleByLse)
+        {
+            float[] lseGpu = Values(gpu.LogSumExp), lseCpu = Values(cpu.LogSumExp);
+            for (int row = 0; row < lseGpu.Length; row++)
+            {
+                if (!float.IsFinite(lseGpu[row]) || !float.IsFinite(lseCpu[row])) continue;
+                float factor = (float)Math.Exp((double)lseCpu[row] - lseGpu[row]);
+                for (int j = 0; j < p.SeqlenK; j++) c[(long)row * p.SeqlenK + j] *= factor;
+            }
+        }
         var settings = SettingsOf(p, options, gpu.DropoutState);
         string context = AttentionCheck.Context<T>(p, options, inputs.Random);
         int visible = 0;
