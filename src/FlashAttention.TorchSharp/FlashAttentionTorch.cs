@@ -20,8 +20,7 @@ namespace FlashAttn.TorchSharp;
 /// and v are read in place through their data pointers.</para>
 /// <para><b>Dropout.</b> The mask comes from our counter-based Philox generator, not from torch's: set
 /// <see cref="AttentionOptions.DropoutState"/> for a reproducible mask, otherwise each call draws a fresh state
-/// (<see cref="DropoutState.Next"/>). Backward regenerates the same mask. On CUDA, dropout, softcap and ALiBi wait for
-/// their kernels and throw <see cref="NotSupportedException"/> for now.</para>
+/// (<see cref="DropoutState.Next"/>). Backward regenerates the same mask, on the CPU and on CUDA alike.</para>
 /// <para><b>Errors in backward.</b> Backward runs inside libtorch's autograd engine, where a .NET exception cannot travel;
 /// a failure there makes <c>loss.backward()</c> throw libtorch's "invalid gradient" error, and the original exception is
 /// in <see cref="LastBackwardException"/> (and written to standard error).</para>
@@ -40,8 +39,7 @@ public static partial class FlashAttentionTorch
     /// arguments); null for the defaults. <see cref="AttentionOptions.ReturnProbabilities"/> is not available here.</param>
     /// <returns>The output, (batch, seqlen_q, heads_q, headdim), on q's device in q's dtype.</returns>
     /// <exception cref="ArgumentException">Mismatched shapes, dtypes or devices, or an unsupported dtype.</exception>
-    /// <exception cref="NotSupportedException">float32 on CUDA, a device other than CPU and CUDA, or a CUDA-only gap
-    /// (dropout, softcap, ALiBi on CUDA for now).</exception>
+    /// <exception cref="NotSupportedException">float32 on CUDA, or a device other than CPU and CUDA.</exception>
     public static torch.Tensor Attention(torch.Tensor q, torch.Tensor k, torch.Tensor v, AttentionOptions? options = null)
     {
         var call = AttentionCall.Create(Packing.Separate, options, (q, nameof(q)), (k, nameof(k)), (v, nameof(v)));
@@ -56,7 +54,7 @@ public static partial class FlashAttentionTorch
     /// <param name="options">Attention options; null for the defaults.</param>
     /// <returns>The output, (batch, seqlen, heads, headdim).</returns>
     /// <exception cref="ArgumentException">A shape other than (batch, seqlen, 3, heads, headdim), or an unsupported dtype.</exception>
-    /// <exception cref="NotSupportedException">float32 on CUDA, another device, or a CUDA-only gap.</exception>
+    /// <exception cref="NotSupportedException">float32 on CUDA, or another device.</exception>
     public static torch.Tensor AttentionQkvPacked(torch.Tensor qkv, AttentionOptions? options = null)
     {
         var call = AttentionCall.Create(Packing.QkvPacked, options, (qkv, nameof(qkv)));
@@ -71,7 +69,7 @@ public static partial class FlashAttentionTorch
     /// <param name="options">Attention options; null for the defaults.</param>
     /// <returns>The output, (batch, seqlen_q, heads_q, headdim).</returns>
     /// <exception cref="ArgumentException">Mismatched shapes, dtypes or devices, or an unsupported dtype.</exception>
-    /// <exception cref="NotSupportedException">float32 on CUDA, another device, or a CUDA-only gap.</exception>
+    /// <exception cref="NotSupportedException">float32 on CUDA, or another device.</exception>
     public static torch.Tensor AttentionKvPacked(torch.Tensor q, torch.Tensor kv, AttentionOptions? options = null)
     {
         var call = AttentionCall.Create(Packing.KvPacked, options, (q, nameof(q)), (kv, nameof(kv)));
