@@ -37,7 +37,6 @@ internal static class CudaBackward
                 pad || !x.IsChunkAligned ? HeadCopy.Allocate(stagedBatch, rows, heads, paddedDim, 2, temporaries) : x);
             var (qs, ks, vs, os, dos) = (In(q, rowsQ, hq), In(k, rowsK, hk), In(v, rowsK, hk), In(output, rowsQ, hq), In(dOut, rowsQ, hq));
             var (dqs, dks, dvs) = (Out(dq, rowsQ, hq), Out(dk, rowsK, hk), Out(dv, rowsK, hk));
-            var modifiers = ScoreModifiers.Prepare(settings, stream, temporaries);
 
             int keyBlocks = (sk + variant.BlockN - 1) / variant.BlockN;
             int splits = deterministic ? Math.Clamp((2 * device.MultiprocessorCount + hk * b - 1) / (hk * b), 1, Math.Max(1, keyBlocks)) : 1;
@@ -46,8 +45,10 @@ internal static class CudaBackward
             long accumulatorStride = accumulatorRows * hq * paddedDim;
             long deltaBytes = Align256(accumulatorRows * hq * sizeof(float)), accumulatorBytes = accumulatorStride * splits * sizeof(float);
             // Held until every launch that uses it is enqueued (see WorkspacePool: sequences on a stream must not interleave).
-            using var workspace = WorkspacePool.Rent(device, stream, deltaBytes + accumulatorBytes);
+            long slopeBytes = ScoreModifiers.SlopeBytes(settings);
+            using var workspace = WorkspacePool.Rent(device, stream, deltaBytes + accumulatorBytes + slopeBytes);
             nint delta = workspace.Pointer, accumulators = workspace.Pointer + (nint)deltaBytes;
+            var modifiers = ScoreModifiers.Prepare(settings, stream, accumulators + (nint)accumulatorBytes);
 
             var parameters = new FlashBackwardParams
             {
@@ -100,7 +101,7 @@ internal static class CudaBackward
             if (dqs != dq) HeadCopy.Copy(device, dqs, dq, stagedBatch, rowsQ, hq, paddedDim, shape.HeadDim, stream);
             if (dks != dk) HeadCopy.Copy(device, dks, dk, stagedBatch, rowsK, hk, paddedDim, shape.HeadDim, stream);
             if (dvs != dv) HeadCopy.Copy(device, dvs, dv, stagedBatch, rowsK, hk, paddedDim, shape.HeadDim, stream);
-            return deltaBytes + accumulatorBytes;
+            return deltaBytes + accumulatorBytes + slopeBytes;
         }
         finally
         {

@@ -5,7 +5,7 @@ namespace FlashAttn.Cuda;
 /// <summary>
 /// Launches the FlashAttention-2 forward kernel for validated shapes: picks the variant, compiles it once
 /// (NVRTC, disk-cached), pads head dims that are not a multiple of 8 (as flash-attn's wrapper does) and
-/// launches on the caller's stream. Nothing here synchronises, except freeing padding and slope buffers.
+/// launches on the caller's stream. Nothing here synchronises, except freeing padding buffers.
 /// Varlen: operands are (total, heads, d) views (batch stride 0) and the kernel reads the device offsets.
 /// </summary>
 internal static class CudaForward
@@ -37,7 +37,10 @@ internal static class CudaForward
             bool stageOutput = pad || !output.IsChunkAligned;
             var os = stageOutput ? HeadCopy.Allocate(stagedBatch, shape.TotalQ, shape.HeadsQ, paddedDim, 2, temporaries) : output;
             if (shape.IsVarlen) (qs, ks, vs, os) = (qs with { StrideBatch = 0 }, ks with { StrideBatch = 0 }, vs with { StrideBatch = 0 }, os with { StrideBatch = 0 });
-            var modifiers = ScoreModifiers.Prepare(settings, stream, temporaries);
+            // The slopes go to the stream's pooled workspace, held until the launch is enqueued (forward needs none otherwise).
+            long slopeBytes = ScoreModifiers.SlopeBytes(settings);
+            using var slopeLease = slopeBytes > 0 ? WorkspacePool.Rent(device, stream, slopeBytes) : null;
+            var modifiers = ScoreModifiers.Prepare(settings, stream, slopeLease?.Pointer ?? 0);
 
             var parameters = new FlashForwardParams
             {

@@ -26,15 +26,9 @@ internal static class CudaProbabilities
             throw new NotSupportedException("Probabilities on the GPU are for fixed-length batches; varlen runs on the CPU path.");
         long total = (long)shape.Batch * shape.HeadsQ * shape.MaxSeqlenQ * shape.MaxSeqlenK;
         if (total == 0) return;
-        var temporaries = new List<DeviceMemory>();
-        try
-        {
-            Launch<T>(device, shape, settings, q, k, lse, probabilities, stream, ScoreModifiers.Prepare(settings, stream, temporaries), total);
-        }
-        finally
-        {
-            foreach (var memory in temporaries) memory.Dispose(); // cuMemFree waits for the work that uses it
-        }
+        long slopeBytes = ScoreModifiers.SlopeBytes(settings);
+        using var slopeLease = slopeBytes > 0 ? WorkspacePool.Rent(device, stream, slopeBytes) : null;
+        Launch<T>(device, shape, settings, q, k, lse, probabilities, stream, ScoreModifiers.Prepare(settings, stream, slopeLease?.Pointer ?? 0), total);
     }
 
     private static void Launch<T>(CudaDevice device, ProblemShape shape, AttentionSettings settings, DeviceOperand q, DeviceOperand k,

@@ -13,19 +13,22 @@ internal readonly record struct ScoreModifiers(float EffectiveScale, float Softc
 
     public bool Alibi => AlibiSlopes != 0;
 
-    /// <summary>Resolves the modifiers; uploads the slopes on <paramref name="stream"/> into memory owned by <paramref name="owner"/>.</summary>
-    public static unsafe ScoreModifiers Prepare(AttentionSettings settings, CudaStream stream, List<DeviceMemory> owner)
+    /// <summary>Device bytes the slopes need (256-aligned); 0 without ALiBi.</summary>
+    public static long SlopeBytes(AttentionSettings settings) =>
+        settings.AlibiSlopes is { Length: > 0 } slopes ? ((long)slopes.Length * sizeof(float) + 255) / 256 * 256 : 0;
+
+    /// <summary>Resolves the modifiers and queues the slopes' upload to <paramref name="slopeMemory"/> (<see cref="SlopeBytes"/>
+    /// bytes of the caller's stream-ordered workspace) on <paramref name="stream"/>: no allocation, no synchronisation.</summary>
+    public static unsafe ScoreModifiers Prepare(AttentionSettings settings, CudaStream stream, nint slopeMemory)
     {
         float effective = settings.Softcap > 0f ? settings.Softcap : settings.Scale;
         nint slopes = 0;
         if (settings.AlibiSlopes is { Length: > 0 } host)
         {
-            var memory = DeviceMemory.Allocate((long)host.Length * sizeof(float));
-            owner.Add(memory);
-            // Ordered on the launch stream; a pageable source is staged before the call returns, so `host` may go.
+            // A pageable source is staged before the call returns, so `host` may go; the copy is ordered on the stream.
             fixed (float* source = host)
-                CudaException.ThrowIfFailed(CudaDriver.cuMemcpyHtoDAsync_v2(memory.Address, source, (nuint)(host.Length * sizeof(float)), stream.Handle));
-            slopes = memory.Pointer;
+                CudaException.ThrowIfFailed(CudaDriver.cuMemcpyHtoDAsync_v2((ulong)slopeMemory, source, (nuint)(host.Length * sizeof(float)), stream.Handle));
+            slopes = slopeMemory;
         }
         return new ScoreModifiers(effective, settings.Softcap > 0f ? settings.Scale / settings.Softcap : 0f, 1f / effective, slopes, settings.HeadsQ);
     }
