@@ -157,12 +157,14 @@ internal static class AttentionKernels
         }
     }
 
-    /// <summary>q, k and v of a packing: the inputs themselves, or strided views into the packed tensors (added to <paramref name="views"/>).</summary>
-    private static (torch.Tensor Q, torch.Tensor K, torch.Tensor V) Split(Packing packing, IReadOnlyList<torch.Tensor> inputs, List<torch.Tensor> views)
+    /// <summary>q, k and v of a packing: the inputs themselves, or strided views into the packed tensors (added to <paramref name="views"/>);
+    /// the packed axis is 2 for (batch, seqlen, 3 or 2, heads, d) and 1 for varlen's (total, 3 or 2, heads, d).</summary>
+    internal static (torch.Tensor Q, torch.Tensor K, torch.Tensor V) Split(Packing packing, IReadOnlyList<torch.Tensor> inputs, List<torch.Tensor> views,
+        int packedAxis = 2)
     {
         torch.Tensor View(torch.Tensor packed, int index)
         {
-            var view = packed.select(2, index);
+            var view = packed.select(packedAxis, index);
             views.Add(view);
             return view;
         }
@@ -176,7 +178,7 @@ internal static class AttentionKernels
     }
 
     /// <summary>Creates tensors one after another, disposing the ones already made when a later one fails.</summary>
-    private static torch.Tensor[] Owned(params Func<torch.Tensor>[] factories)
+    internal static torch.Tensor[] Owned(params Func<torch.Tensor>[] factories)
     {
         var made = new torch.Tensor[factories.Length];
         try

@@ -76,7 +76,7 @@ internal static class VarlenKernels
         torch.Tensor? output = null, logSumExp = null;
         try
         {
-            var (q, k, v) = Split(call.Packing, inputs, views);
+            var (q, k, v) = AttentionKernels.Split(call.Packing, inputs, views, packedAxis: 1);
             output = torch.empty(q.shape, q.dtype, q.device);
             logSumExp = torch.empty([q.shape[1], q.shape[0]], torch.ScalarType.Float32, q.device);
             using var qView = TorchTensors.CudaView<T>(q);
@@ -126,24 +126,24 @@ internal static class VarlenKernels
                 {
                     var g = FlashAttention.BackwardVarlenKvPacked(dOutSpan, TorchTensors.ReadSpan<T>(inputs[0]), TorchTensors.ReadSpan<T>(inputs[1]),
                         outputSpan, lseSpan, cuQ, cuK, call.MaxSeqlenQ, call.MaxSeqlenK, options, dropoutState);
-                    return Owned(() => TorchTensors.ToTorch(g.DQ, dtype), () => TorchTensors.ToTorch(g.DKv, dtype));
+                    return AttentionKernels.Owned(() => TorchTensors.ToTorch(g.DQ, dtype), () => TorchTensors.ToTorch(g.DKv, dtype));
                 }
                 default:
                 {
                     var g = FlashAttention.BackwardVarlen(dOutSpan, TorchTensors.ReadSpan<T>(inputs[0]), TorchTensors.ReadSpan<T>(inputs[1]),
                         TorchTensors.ReadSpan<T>(inputs[2]), outputSpan, lseSpan, cuQ, cuK, call.MaxSeqlenQ, call.MaxSeqlenK, options, dropoutState);
-                    return Owned(() => TorchTensors.ToTorch(g.DQ, dtype), () => TorchTensors.ToTorch(g.DK, dtype), () => TorchTensors.ToTorch(g.DV, dtype));
+                    return AttentionKernels.Owned(() => TorchTensors.ToTorch(g.DQ, dtype), () => TorchTensors.ToTorch(g.DK, dtype), () => TorchTensors.ToTorch(g.DV, dtype));
                 }
             }
         }
 
         // CUDA: gradients allocated by torch in the inputs' (packed) shapes, written through strided views of them.
-        var gradients = Owned(inputs.Select(input => (Func<torch.Tensor>)(() => torch.empty(input.shape, input.dtype, input.device))).ToArray());
+        var gradients = AttentionKernels.Owned(inputs.Select(input => (Func<torch.Tensor>)(() => torch.empty(input.shape, input.dtype, input.device))).ToArray());
         var views = new List<torch.Tensor>();
         try
         {
-            var (q, k, v) = Split(call.Packing, inputs, views);
-            var (dq, dk, dv) = Split(call.Packing, gradients, views);
+            var (q, k, v) = AttentionKernels.Split(call.Packing, inputs, views, packedAxis: 1);
+            var (dq, dk, dv) = AttentionKernels.Split(call.Packing, gradients, views, packedAxis: 1);
             using var dOutView = TorchTensors.CudaView<T>(dOut);
             using var qView = TorchTensors.CudaView<T>(q);
             using var kView = TorchTensors.CudaView<T>(k);
@@ -168,43 +168,6 @@ internal static class VarlenKernels
         finally
         {
             views.ForEach(view => view.Dispose());
-        }
-    }
-
-    /// <summary>q, k and v of a varlen packing: the inputs themselves, or strided views into the packed (total, 3 or 2, heads,
-    /// headdim) tensors (added to <paramref name="views"/>).</summary>
-    private static (torch.Tensor Q, torch.Tensor K, torch.Tensor V) Split(Packing packing, IReadOnlyList<torch.Tensor> inputs, List<torch.Tensor> views)
-    {
-        torch.Tensor View(torch.Tensor packed, int index)
-        {
-            var view = packed.select(1, index);
-            views.Add(view);
-            return view;
-        }
-
-        return packing switch
-        {
-            Packing.QkvPacked => (View(inputs[0], 0), View(inputs[0], 1), View(inputs[0], 2)),
-            Packing.KvPacked => (inputs[0], View(inputs[1], 0), View(inputs[1], 1)),
-            _ => (inputs[0], inputs[1], inputs[2]),
-        };
-    }
-
-    /// <summary>Creates tensors one after another, disposing the ones already made when a later one fails.</summary>
-    private static torch.Tensor[] Owned(params Func<torch.Tensor>[] factories)
-    {
-        var made = new torch.Tensor[factories.Length];
-        try
-        {
-            for (int i = 0; i < factories.Length; i++)
-                made[i] = factories[i]();
-            return made;
-        }
-        catch
-        {
-            foreach (var tensor in made)
-                tensor?.Dispose();
-            throw;
         }
     }
 }
