@@ -21,6 +21,9 @@
 #ifndef FA_DROPOUT
 #define FA_DROPOUT 0
 #endif
+// ALiBi alone folds into the accumulators' seed and a per-row shift (see the key loop); with softcap the tanh must see
+// the bare score first, so that variant applies ALiBi per score.
+#define FA_ALIBI_FOLD (FA_ALIBI && !FA_SOFTCAP)
 
 template <int D, int BM, int BN, int NW, typename E>
 __device__ __forceinline__ void flash_fwd_block(const FlashFwdParams& p) {
@@ -94,11 +97,38 @@ __device__ __forceinline__ void flash_fwd_block(const FlashFwdParams& p) {
     }
 
     for (int n_block = n_block_max - 1; n_block >= n_block_min; --n_block) {
+        const int col0 = n_block * BN;
         float acc_s[kMTiles][kSTiles][4];
+#if FA_ALIBI_FOLD
+        // ALiBi without softcap, on a block whose keys all lie on one side of every row's diagonal: the bias
+        // -slope * |diagonal - key| splits into a key term, which seeds the S accumulators (so the MMA adds the
+        // scores onto it for free), and a row term (row_shift) that the softmax below takes out per row, not per
+        // score. Keys are counted from the block's first diagonal, so both terms stay small near the diagonal,
+        // where the probabilities are not negligible. Blocks that cross a diagonal take the per-score path.
+        const int first_diagonal = row0 + offset;
+        const float side = col0 + BN - 1 <= first_diagonal ? 1.f : (col0 >= last_row + offset ? -1.f : 0.f);
+        const float key_slope = side * raw_slope;
+        const float key0 = (float)(col0 + 2 * t - first_diagonal);
+        float row_shift[kMTiles][2];
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+            row_shift[mt][0] = key_slope * (float)(warp_row0 + mt * 16 + g);
+            row_shift[mt][1] = key_slope * (float)(warp_row0 + mt * 16 + g + 8);
+#pragma unroll
+            for (int nt = 0; nt < kSTiles; ++nt) {
+                acc_s[mt][nt][0] = acc_s[mt][nt][2] = key_slope * (key0 + (float)(nt * 8));
+                acc_s[mt][nt][1] = acc_s[mt][nt][3] = key_slope * (key0 + (float)(nt * 8 + 1));
+            }
+        }
+        const bool per_score_mods = side == 0.f;
+#else
+        constexpr float row_shift[kMTiles][2] = {};
+        constexpr bool per_score_mods = true;
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
             for (int nt = 0; nt < kSTiles; ++nt) acc_s[mt][nt][0] = acc_s[mt][nt][1] = acc_s[mt][nt][2] = acc_s[mt][nt][3] = 0.f;
+#endif
 
         cp_async_wait<0>();
         __syncthreads();  // K[n] has landed; every warp is done reading V[n+1]
@@ -134,8 +164,8 @@ __device__ __forceinline__ void flash_fwd_block(const FlashFwdParams& p) {
         }
 
         // Softcap and ALiBi (compile-time variants) on every score, before the mask (tanh(-inf) would not stay -inf).
-        const int col0 = n_block * BN;
 #if FA_SOFTCAP || FA_ALIBI
+        if (per_score_mods)
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
@@ -177,19 +207,26 @@ __device__ __forceinline__ void flash_fwd_block(const FlashFwdParams& p) {
         for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
-                float m = row_max[mt][half];
+                // The accumulators hold score + row_shift (0 unless the ALiBi fold is on); row_max is in score units.
+                const float shift = row_shift[mt][half];
+                float m = -FA_INF;
 #pragma unroll
                 for (int nt = 0; nt < kSTiles; ++nt) m = fmaxf(m, fmaxf(acc_s[mt][nt][2 * half], acc_s[mt][nt][2 * half + 1]));
-                m = quad_max(m);
+                m = fmaxf(row_max[mt][half], quad_max(m) - shift);
                 // A row with nothing visible so far keeps max -inf; use 0 as the base so exp2 gives 0, not NaN.
                 const float base = m == -FA_INF ? 0.f : m * p.scale_log2;
                 const float rescale = fast_exp2(row_max[mt][half] * p.scale_log2 - base);
+#if FA_ALIBI_FOLD
+                const float exp_bias = -fmaf(shift, p.scale_log2, base);
+#else
+                const float exp_bias = -base;
+#endif
                 row_max[mt][half] = m;
                 float sum = 0.f;
 #pragma unroll
                 for (int nt = 0; nt < kSTiles; ++nt) {
-                    float p0 = fast_exp2(fmaf(acc_s[mt][nt][2 * half], p.scale_log2, -base));
-                    float p1 = fast_exp2(fmaf(acc_s[mt][nt][2 * half + 1], p.scale_log2, -base));
+                    float p0 = fast_exp2(fmaf(acc_s[mt][nt][2 * half], p.scale_log2, exp_bias));
+                    float p1 = fast_exp2(fmaf(acc_s[mt][nt][2 * half + 1], p.scale_log2, exp_bias));
                     acc_s[mt][nt][2 * half] = p0;
                     acc_s[mt][nt][2 * half + 1] = p1;
                     sum += p0 + p1;
