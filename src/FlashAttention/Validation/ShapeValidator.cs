@@ -126,7 +126,7 @@ internal static class ShapeValidator
             throw Fail(name, $"element type {elementType.Name} is not supported; use float, System.Half or FlashAttn.BFloat16.");
     }
 
-    private static void Options(AttentionOptions options, ProblemShape shape)
+    internal static void Options(AttentionOptions options, ProblemShape shape)
     {
         ArgumentNullException.ThrowIfNull(options);
         if (!(options.DropoutProbability >= 0f && options.DropoutProbability < 1f))
@@ -194,13 +194,13 @@ internal static class ShapeValidator
         return (start, length);
     }
 
-    private static void Rank(TensorArg t, int rank, string layout)
+    internal static void Rank(TensorArg t, int rank, string layout)
     {
         if (t.Rank != rank)
             throw Fail(t.Name, $"must have rank {rank}, {layout}; got shape {t.ShapeText}.");
     }
 
-    private static void SameLengths(TensorArg expected, TensorArg actual, string name, string? mustMatch = null)
+    internal static void SameLengths(TensorArg expected, TensorArg actual, string name, string? mustMatch = null)
     {
         if (!expected.Lengths.AsSpan().SequenceEqual(actual.Lengths))
             throw Fail(name, $"has shape {actual.ShapeText} but must match {mustMatch ?? expected.Name}'s shape {expected.ShapeText}.");
@@ -209,11 +209,11 @@ internal static class ShapeValidator
     /// <summary>System.Numerics.Tensors gives every stride of an empty tensor the value 0; there is nothing to lay out.</summary>
     private static bool IsEmpty(TensorArg t) => t.Lengths.Contains(0);
 
-    private static void LastDimContiguous(TensorArg t)
+    internal static void LastDimContiguous(TensorArg t)
     {
         if (t.Lengths[^1] > 1 && t.Strides[^1] != 1 && !IsEmpty(t))
             throw Fail(t.Name, $"the last dimension (headdim) must be contiguous (stride 1); got stride {t.Strides[^1]}. Copy it to a dense tensor first.");
     }
 
-    private static ArgumentException Fail(string name, string message) => new(message, name);
+    internal static ArgumentException Fail(string name, string message) => new(message, name);
 }
