@@ -2,6 +2,7 @@
 # Runs on the GPU machine over a carried artifacts/device/ (see publish-device.sh):
 #   tests  - the whole suite (CUDA cases included); TRX and log under $OUT
 #   bench  - flash-attn bench on the GPU with the PyTorch peers, results under $OUT
+#   decode - only the KV-cache decoding rows (flash-attn bench --decode-only) with their PyTorch peers, about a minute
 # The cubin cache lives in artifacts/carry/cubin-cache (carried along when present).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,5 +25,9 @@ fi
 if { [ "$what" = bench ] || [ "$what" = all ]; } && [ -x artifacts/device/cli/flash-attn ]; then
   cli=artifacts/device/cli/flash-attn
   { $cli warmup && $cli check && $cli bench --out "$out/bench"; } 2>&1 | tee "$out/bench.log" | grep -vE "^│ (fp32|bf16|fp16) " | tail -80
+fi
+if [ "$what" = decode ] && [ -x artifacts/device/cli/flash-attn ]; then
+  artifacts/device/cli/flash-attn bench --decode-only --out "$out/bench" 2>&1 | tee "$out/decode.log" | tail -60
+  status=${PIPESTATUS[0]}
 fi
 exit $status

@@ -6,7 +6,8 @@ namespace FlashAttn.Cli.Bench;
 /// One result row in DESIGN.md's results format (snake_case keys: impl, op, mode, dtype, batch, seqlen_q, seqlen_k,
 /// heads, heads_kv, headdim, causal, ms, tflops, device, run), plus gflops, fma_peak_gflops (the same run's measured
 /// fp32 FMA peak), runs (timed runs behind the median), vector (the CPU path's instruction width) and other_cpu
-/// (the CPU share other processes took meanwhile: a disturbed row on a shared machine shows here).
+/// (the CPU share other processes took meanwhile: a disturbed row on a shared machine shows here); optional keys are
+/// omitted when null (workspace_mib, feature, and decode rows' kv_tbps and copy_tbps).
 /// </summary>
 internal sealed record BenchRow
 {
@@ -38,6 +39,16 @@ internal sealed record BenchRow
     /// <summary>DESIGN.md's optional feature key (softcap, alibi, window, varlen, ...); null for the plain sweep's rows.</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public string? Feature { get; init; }
+
+    /// <summary>DESIGN.md's optional kv_tbps for decode rows: K and V cache bytes one call reads over its latency, in TB/s
+    /// (1e12 bytes/s); left out when null.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public double? KvTbps { get; init; }
+
+    /// <summary>DESIGN.md's optional copy_tbps for decode rows: the same run's device-to-device copy bandwidth, read + write
+    /// bytes per second in TB/s, the ceiling decode is judged against; left out when null.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public double? CopyTbps { get; init; }
 
     [JsonIgnore]
     public double PercentOfPeak => FmaPeakGflops > 0 ? 100 * Gflops / FmaPeakGflops : double.NaN;

@@ -6,8 +6,9 @@ namespace FlashAttn.Cli.Bench;
 
 /// <summary>
 /// bench/results/&lt;device&gt;.json (DESIGN.md "Results format"): one JSON array holding the latest complete run of
-/// each impl. Saving a run replaces the rows of the impls it measured and keeps other impls' rows untouched (with
-/// any keys this tool does not know); the previous file moves to history/&lt;device&gt;-&lt;timestamp&gt;.json first.
+/// each impl. Saving a run replaces the rows of the (impl, op) pairs it measured and keeps other rows untouched (with
+/// any keys this tool does not know), so a decode-only run leaves the attention rows alone and the other way round;
+/// the previous file moves to history/&lt;device&gt;-&lt;timestamp&gt;.json first.
 /// </summary>
 internal static class ResultsFile
 {
@@ -17,14 +18,15 @@ internal static class ResultsFile
     {
         Directory.CreateDirectory(directory);
         string path = Path.Combine(directory, deviceSlug + ".json");
-        var impls = rows.Select(r => r.Impl).ToHashSet();
+        var measured = rows.Select(r => (r.Impl, r.Op)).ToHashSet();
         var kept = new List<JsonNode>();
         string? historyPath = null;
         if (File.Exists(path))
         {
             string old = File.ReadAllText(path);
             var oldRows = Parse(old, path);
-            kept.AddRange(oldRows.Where(r => StringOf(r, "impl") is not { } impl || !impls.Contains(impl)).Select(r => r!.DeepClone()));
+            kept.AddRange(oldRows.Where(r => StringOf(r, "impl") is not { } impl || !measured.Contains((impl, StringOf(r, "op") ?? "attention")))
+                .Select(r => r!.DeepClone()));
             string history = Path.Combine(directory, "history");
             Directory.CreateDirectory(history);
             historyPath = UniquePath(Path.Combine(history, $"{deviceSlug}-{Stamp(oldRows, path)}"));
@@ -39,7 +41,8 @@ internal static class ResultsFile
 
     /// <summary>The attention rows of the plain sweep in a results file (any impl; keys this tool does not write may be missing:
     /// gflops falls back to tflops, the FMA peak to 0). Feature-overhead rows (with a "feature" key) are left out: they measure
-    /// other work on shapes the sweep also has.</summary>
+    /// other work on shapes the sweep also has; so are rows of other ops (op "decode": seqlen_q 1 against a KV cache,
+    /// judged in bytes per second, not on the sweep's axes).</summary>
     public static List<BenchRow> Load(string path)
     {
         if (!File.Exists(path)) throw new CliException($"{path} does not exist; run `flash-attn bench` first or pass --results.");

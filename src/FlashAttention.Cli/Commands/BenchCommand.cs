@@ -22,13 +22,16 @@ internal static class BenchCommand
         var output = new Option<string?>("--out") { Description = "Results folder (default bench/results)." };
         var plot = new Option<string?>("--plot") { Description = "PNG plot path (default <out>/<device>.png)." };
         var cpu = new Option<bool>("--cpu") { Description = "Benchmark the CPU path even when a CUDA GPU is present." };
-        var peers = new Option<string?>("--peers") { Description = "GPU: the PyTorch peer script (default bench/peers/torch_sdpa.py)." };
+        var peers = new Option<string?>("--peers") { Description = "GPU: the PyTorch peer script (default bench/peers/torch_sdpa.py); the decode rows' peer is torch_decode.py beside it." };
         var noUnfused = new Option<bool>("--no-unfused") { Description = "GPU: leave out the unfused (materialised) baseline." };
         var noFeatures = new Option<bool>("--no-features") { Description = "GPU: leave out the feature-overhead rows (softcap, ALiBi, dropout, GQA, packed QKV, windows, varlen)." };
+        var noDecode = new Option<bool>("--no-decode") { Description = "GPU: leave out the KV-cache decoding rows (bf16, h32/kv8, d128, batch 1-64, cache 1k-128k; --quick leaves them out too)." };
+        var decodeOnly = new Option<bool>("--decode-only") { Description = "GPU: run only the KV-cache decoding rows (contiguous and paged caches) and their PyTorch peers, about a minute; the sweep options do not apply." };
 
         var command = new Command("bench", "Benchmark the attention paths over a sweep of shapes; write results JSON and a PNG plot.")
         {
             dtype, seqlens, headdims, batch, heads, causal, modes, repeats, naiveMax, quick, output, plot, cpu, peers, noUnfused, noFeatures,
+            noDecode, decodeOnly,
         };
         command.SetGuardedAction((parseResult, ct) =>
         {
@@ -47,6 +50,9 @@ internal static class BenchCommand
             string causalChoice = parseResult.GetValue(causal) ?? (isQuick ? "off" : "both");
             string? outDir = parseResult.GetValue(output) ?? (isQuick ? null : Path.Combine("bench", "results"));
             bool[] causalFlags = causalChoice switch { "on" => [true], "off" => [false], _ => [false, true] };
+            bool onlyDecode = parseResult.GetValue(decodeOnly);
+            if (onlyDecode && (isQuick || parseResult.GetValue(noDecode) || parseResult.GetValue(cpu)))
+                throw new CliException("--decode-only runs the GPU decoding rows alone; it does not combine with --quick, --no-decode or --cpu.");
 
             if (!parseResult.GetValue(cpu) && ExecutionPaths.Available.OfType<CudaPath>().FirstOrDefault() is { } gpu)
             {
@@ -62,9 +68,13 @@ internal static class BenchCommand
                     parseResult.GetValue(peers) ?? Path.Combine("bench", "peers", "torch_sdpa.py"),
                     !parseResult.GetValue(noUnfused),
                     SeedMemory: !isQuick,
-                    Features: !isQuick && !parseResult.GetValue(noFeatures));
+                    Features: !isQuick && !parseResult.GetValue(noFeatures),
+                    Decode: !isQuick && !parseResult.GetValue(noDecode),
+                    DecodeOnly: onlyDecode);
                 return Gpu.GpuBenchRun.Execute(gpu.Device, gpuSettings, ct);
             }
+            if (onlyDecode)
+                throw new CliException("--decode-only needs a CUDA GPU; none is available here (`flash-attn check` says why).");
 
             var settings = new BenchSettings
             {

@@ -9,58 +9,71 @@ namespace FlashAttn.Cli.Gpu;
 /// <summary>
 /// `flash-attn bench` on a CUDA GPU: DESIGN.md's sweep timed with CUDA events for our FlashAttention-2 kernel and
 /// the unfused baseline, then PyTorch SDPA's flash, cuDNN and math backends on the same shapes in the same
-/// invocation; a table of TFLOP/s with ratios, the results JSON and a plot.
+/// invocation; a table of TFLOP/s with ratios, the results JSON and a plot. Feature-overhead rows (<see cref="FeatureBench"/>)
+/// and KV-cache decoding rows (<see cref="DecodeBench"/>) follow when asked for; <see cref="Settings.DecodeOnly"/> runs the
+/// decoding rows alone.
 /// </summary>
 internal static class GpuBenchRun
 {
+    /// <param name="Decode">Also run the decoding rows (after the feature rows).</param>
+    /// <param name="DecodeOnly">Run only the decoding rows and their peers: no sweep, seed shape, feature rows or plot.</param>
     public sealed record Settings(IReadOnlyList<string> Dtypes, IReadOnlyList<int> HeadDims, IReadOnlyList<int> Seqlens, IReadOnlyList<bool> Causal,
-        IReadOnlyList<string> Modes, string? OutputDirectory, string? PlotPath, string PeerScript, bool Unfused, bool SeedMemory, bool Features = false);
+        IReadOnlyList<string> Modes, string? OutputDirectory, string? PlotPath, string PeerScript, bool Unfused, bool SeedMemory, bool Features = false,
+        bool Decode = false, bool DecodeOnly = false);
 
     public static int Execute(CudaDevice device, Settings settings, CancellationToken ct)
     {
         string run = ResultsFile.FormatRun(DateTime.UtcNow);
         var slug = DeviceSlug(device.Name);
         AnsiConsole.MarkupLine($"CUDA GPU: [bold]{Markup.Escape(device.Name)}[/] ({device.Architecture}, {device.MultiprocessorCount} SMs); results as {slug}");
-        var cases = GpuBenchCase.Sweep(settings.Dtypes, settings.HeadDims, settings.Seqlens, settings.Causal, settings.Modes).ToList();
-        if (settings.SeedMemory) cases.Add(GpuBenchCase.Seed);
+        var cases = settings.DecodeOnly ? [] : GpuBenchCase.Sweep(settings.Dtypes, settings.HeadDims, settings.Seqlens, settings.Causal, settings.Modes).ToList();
+        if (settings.SeedMemory && !settings.DecodeOnly) cases.Add(GpuBenchCase.Seed);
         var rows = new List<BenchRow>();
         var skipped = new List<string>();
         var stream = CudaStream.Legacy;
         var random = new Random(1234);
-        AnsiConsole.Progress().AutoClear(false)
-            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
-            .Start(ctx =>
-            {
-                var task = ctx.AddTask("GPU benchmark", maxValue: cases.Count);
-                foreach (var c in cases)
+        if (cases.Count > 0)
+        {
+            AnsiConsole.Progress().AutoClear(false)
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
+                .Start(ctx =>
                 {
-                    ct.ThrowIfCancellationRequested();
-                    task.Description = c.Label;
-                    try
+                    var task = ctx.AddTask("GPU benchmark", maxValue: cases.Count);
+                    foreach (var c in cases)
                     {
-                        rows.AddRange(c.Dtype == "fp16" ? Measure<Half>(c, device, stream, random, settings.Unfused, run) : Measure<BFloat16>(c, device, stream, random, settings.Unfused, run));
+                        ct.ThrowIfCancellationRequested();
+                        task.Description = c.Label;
+                        try
+                        {
+                            rows.AddRange(c.Dtype == "fp16" ? Measure<Half>(c, device, stream, random, settings.Unfused, run) : Measure<BFloat16>(c, device, stream, random, settings.Unfused, run));
+                        }
+                        catch (NotSupportedException error)
+                        {
+                            skipped.Add($"{c.Label}: {error.Message}");
+                        }
+                        task.Increment(1);
                     }
-                    catch (NotSupportedException error)
-                    {
-                        skipped.Add($"{c.Label}: {error.Message}");
-                    }
-                    task.Increment(1);
-                }
-            });
+                });
+        }
 
         foreach (var note in skipped) AnsiConsole.MarkupLine($"[yellow]skipped:[/] {Markup.Escape(note)}");
-        var featureRows = settings.Features ? FeatureBench.Run(device, stream, settings.Modes, run, ct) : [];
-        AnsiConsole.MarkupLine("Running the PyTorch peers on the same shapes...");
-        var peers = TorchPeers.Run(settings.PeerScript, cases, run, TimeSpan.FromMinutes(8));
-        if (peers.Note is not null) AnsiConsole.MarkupLine($"[yellow]note:[/] {Markup.Escape(peers.Note)}");
-        rows.AddRange(peers.Rows.Select(PeerRow));
+        var featureRows = settings.Features && !settings.DecodeOnly ? FeatureBench.Run(device, stream, settings.Modes, run, ct) : [];
+        var decodeRows = settings.Decode || settings.DecodeOnly ? Decode(device, stream, settings, run, ct) : [];
+        if (cases.Count > 0)
+        {
+            AnsiConsole.MarkupLine("Running the PyTorch peers on the same shapes...");
+            var peers = TorchPeers.Run(settings.PeerScript, cases, run, TimeSpan.FromMinutes(8));
+            if (peers.Note is not null) AnsiConsole.MarkupLine($"[yellow]note:[/] {Markup.Escape(peers.Note)}");
+            rows.AddRange(peers.Rows.Select(PeerRow));
+        }
 
         foreach (var mode in rows.Select(r => r.Mode).Distinct())
             AnsiConsole.Write(Table(rows.Where(r => r.Mode == mode && !IsSeed(r)).ToList(), mode));
-        if (settings.SeedMemory) AnsiConsole.Write(MemoryTable(rows.Where(IsSeed).ToList()));
-        if (settings.OutputDirectory is { } directory)
+        if (settings.SeedMemory && !settings.DecodeOnly) AnsiConsole.Write(MemoryTable(rows.Where(IsSeed).ToList()));
+        List<BenchRow> measured = [.. rows, .. featureRows, .. decodeRows];
+        if (settings.OutputDirectory is { } directory && measured.Count > 0)
         {
-            var saved = ResultsFile.Save(directory, slug, [.. rows, .. featureRows]);
+            var saved = ResultsFile.Save(directory, slug, measured);
             AnsiConsole.MarkupLine($"Results: {Markup.Escape(saved.Path)}");
         }
         string? plot = settings.PlotPath ?? (settings.OutputDirectory is { } d ? Path.Combine(d, slug + ".png") : null);
@@ -70,6 +83,20 @@ internal static class GpuBenchRun
             AnsiConsole.MarkupLine($"Plot: {Markup.Escape(plot)}");
         }
         return 0;
+    }
+
+    /// <summary>The decode rows; after a sweep, a CUDA failure there is reported and the sweep's rows are still saved.</summary>
+    private static List<BenchRow> Decode(CudaDevice device, CudaStream stream, Settings settings, string run, CancellationToken ct)
+    {
+        try
+        {
+            return DecodeBench.Run(device, stream, DecodeBench.PeerScriptBeside(settings.PeerScript), run, ct);
+        }
+        catch (CudaException error) when (!settings.DecodeOnly)
+        {
+            AnsiConsole.MarkupLine($"[red]decode rows failed:[/] {Markup.Escape(error.Message)}");
+            return [];
+        }
     }
 
     private static List<BenchRow> Measure<T>(GpuBenchCase c, CudaDevice device, CudaStream stream, Random random, bool unfused, string run)

@@ -5,19 +5,23 @@ using System.Text.Json.Nodes;
 namespace FlashAttn.Cli.Gpu;
 
 /// <summary>
-/// Runs bench/peers/torch_sdpa.py (PyTorch SDPA's flash, cuDNN and math backends) on the same shapes in the same
-/// invocation, when python3 with torch is on the machine; the bench works without it and says so.
+/// Runs a PyTorch peer script (bench/peers/torch_sdpa.py: SDPA's flash, cuDNN and math backends; bench/peers/torch_decode.py:
+/// KV-cache decoding) on the same shapes in the same invocation, when python3 with torch is on the machine; the bench works
+/// without it and says so. A script takes SHAPES.json and the run's ISO time and prints a JSON array of result rows.
 /// </summary>
 internal static class TorchPeers
 {
     public sealed record Outcome(IReadOnlyList<JsonObject> Rows, string? Note);
 
-    public static Outcome Run(string script, IEnumerable<GpuBenchCase> cases, string run, TimeSpan timeout)
+    public static Outcome Run(string script, IEnumerable<GpuBenchCase> cases, string run, TimeSpan timeout) =>
+        Run(script, new JsonArray([.. cases.Select(c => (JsonNode)c.ToPeerShape())]), run, timeout);
+
+    public static Outcome Run(string script, JsonArray shapeList, string run, TimeSpan timeout)
     {
         if (!File.Exists(script))
             return new([], $"peer script {script} not found: PyTorch peers skipped (run from the repository root or pass --peers).");
-        string shapes = Path.Combine(Path.GetTempPath(), $"flash-attn-peers-{Environment.ProcessId}.json");
-        File.WriteAllText(shapes, new JsonArray([.. cases.Select(c => (JsonNode)c.ToPeerShape())]).ToJsonString());
+        string shapes = Path.Combine(Path.GetTempPath(), $"flash-attn-{Path.GetFileNameWithoutExtension(script)}-{Environment.ProcessId}.json");
+        File.WriteAllText(shapes, shapeList.ToJsonString());
         try
         {
             var start = new ProcessStartInfo("python3") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };

@@ -40,6 +40,7 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(Library)] internal static partial CudaResult cuMemcpyDtoD_v2(ulong destination, ulong source, nuint byteCount);
     [LibraryImport(Library)] internal static partial CudaResult cuMemcpyHtoDAsync_v2(ulong destination, void* source, nuint byteCount, nint stream);
     [LibraryImport(Library)] internal static partial CudaResult cuMemcpyDtoHAsync_v2(void* destination, ulong source, nuint byteCount, nint stream);
+    [LibraryImport(Library)] internal static partial CudaResult cuMemcpyDtoDAsync_v2(ulong destination, ulong source, nuint byteCount, nint stream);
     [LibraryImport(Library)] internal static partial CudaResult cuMemsetD8_v2(ulong destination, byte value, nuint count);
     [LibraryImport(Library)] internal static partial CudaResult cuMemsetD32Async(ulong destination, uint value, nuint count, nint stream);
     [LibraryImport(Library)] internal static partial CudaResult cuMemGetInfo_v2(out nuint free, out nuint total);
