@@ -57,8 +57,10 @@ public static partial class FlashAttention
     }
 
     /// <summary>
-    /// <see cref="ForwardWithKvCache{T}"/> into caller-owned tensors (flash-attn's <c>out=</c>), so a decoding loop allocates
-    /// nothing per step; nothing is written when validation fails.
+    /// <see cref="ForwardWithKvCache{T}(CudaTensor{T}, CudaTensor{T}, CudaTensor{T}, CudaTensor{T}, CudaTensor{T}, CudaTensor{int},
+    /// CudaTensor{int}, CudaTensor{int}, CudaTensor{T}, CudaTensor{T}, AttentionOptions, KvCacheOptions, CudaStream)"/> into
+    /// caller-owned tensors (flash-attn's <c>out=</c>), so a decoding loop allocates nothing per step; nothing is written when
+    /// validation fails.
     /// </summary>
     /// <param name="q">(batch, seqlen_q, heads_q, headdim).</param>
     /// <param name="kCache">The key cache (see ForwardWithKvCache).</param>

@@ -41,6 +41,10 @@ internal sealed class KvCacheShape
 
     public int GroupSize => HeadsQ / HeadsKv;
 
+    /// <summary>Keys that sequence <paramref name="batch"/> attends over (after the append): cache_seqlens[b] + seqlen_new, or the
+    /// capacity without cache_seqlens.</summary>
+    public int SequenceLength(ReadOnlySpan<int> cacheSeqlens, int batch) => HasCacheSeqlens ? cacheSeqlens[batch] + SeqlenNew : Capacity;
+
     /// <summary>The attention geometry for the shared option checks (ALiBi shapes): a fixed batch at the cache capacity.</summary>
     public ProblemShape Attention => ProblemShape.Fixed(Batch, SeqlenQ, Capacity, HeadsQ, HeadsKv, HeadDim);
 }

@@ -116,8 +116,45 @@ internal static class KvCacheValidator
         ShapeValidator.LastDimContiguous(s);
         if (shape.RotaryDim < 2 || shape.RotaryDim > shape.HeadDim)
             throw Fail(c.Name, $"rotary_dim = 2 x {c.Lengths[1]} must be in 2..headdim ({shape.HeadDim}).");
-        if (shape.RotaryPositions < shape.Capacity)
-            throw Fail(c.Name, $"covers {shape.RotaryPositions} positions but the cache holds up to {shape.Capacity} keys; pass at least that many rows.");
+        // At least one row even for an empty cache: q is still rotated, at a position clamped to the last row.
+        if (shape.RotaryPositions < Math.Max(1, shape.Capacity))
+            throw Fail(c.Name, $"covers {shape.RotaryPositions} positions but the cache holds up to {shape.Capacity} keys; " +
+                $"pass at least {Math.Max(1, shape.Capacity)} rows.");
+    }
+
+    /// <summary>
+    /// The values of cache_seqlens, cache_batch_idx and the block table, where they live on the host (the CPU path), checked
+    /// before anything is written to the cache: each length in [0, capacity - seqlen_new], each batch index in
+    /// [0, batch_cache), and each page that a sequence uses (those covering its positions 0 .. len - 1) in [0, num_blocks).
+    /// Unused block-table entries are not read, as on the GPU.
+    /// </summary>
+    /// <param name="shape">The validated geometry.</param>
+    /// <param name="cacheSeqlens">(batch) lengths, or empty when absent.</param>
+    /// <param name="cacheBatchIndex">(batch) cache rows, or empty when absent.</param>
+    /// <param name="blockTable">The block table copied densely, (batch, max_blocks) row-major; empty for a contiguous cache.</param>
+    public static void HostValues(KvCacheShape shape, ReadOnlySpan<int> cacheSeqlens, ReadOnlySpan<int> cacheBatchIndex, ReadOnlySpan<int> blockTable)
+    {
+        int maxLength = shape.Capacity - shape.SeqlenNew;
+        for (int b = 0; b < shape.Batch && shape.HasCacheSeqlens; b++)
+            if (cacheSeqlens[b] < 0 || cacheSeqlens[b] > maxLength)
+                throw Fail("cacheSeqlens", $"entry {b} is {cacheSeqlens[b]} but must be in [0, {maxLength}]: the cache holds " +
+                    $"{shape.Capacity} keys per sequence" +
+                    (shape.SeqlenNew > 0 ? $" and {shape.SeqlenNew} new keys are appended after the cached ones." : "."));
+        for (int b = 0; b < shape.Batch && shape.HasCacheBatchIndex; b++)
+            if (cacheBatchIndex[b] < 0 || cacheBatchIndex[b] >= shape.CacheBatch)
+                throw Fail("cacheBatchIndex", $"entry {b} is {cacheBatchIndex[b]} but the cache has rows 0..{shape.CacheBatch - 1}.");
+        if (!shape.Paged) return;
+        for (int b = 0; b < shape.Batch; b++)
+        {
+            int pages = (shape.SequenceLength(cacheSeqlens, b) + shape.CacheRows - 1) / shape.CacheRows;
+            for (int p = 0; p < pages; p++)
+            {
+                int page = blockTable[b * shape.MaxBlocksPerSequence + p];
+                if (page < 0 || page >= shape.CacheBatch)
+                    throw Fail("blockTable", $"entry ({b}, {p}) is {page} but the paged cache has pages 0..{shape.CacheBatch - 1}; " +
+                        $"sequence {b} uses its first {pages} entries.");
+            }
+        }
     }
 
     private static void Vector(TensorArg? t, int batch, string what)

@@ -16,7 +16,7 @@ internal static class CudaKvCache
         where T : unmanaged
     {
         CheckLayout(shape, x);
-        if (shape.Batch == 0 || shape.SeqlenQ == 0 || shape.HeadsQ == 0) return;
+        if (shape.Batch == 0) return;
         var device = x.Q.Device;
         var launchStream = stream ?? CudaStream.Legacy;
         bool bf16 = typeof(T) == typeof(BFloat16);
@@ -41,6 +41,7 @@ internal static class CudaKvCache
 
         if (x.KNew is not null)
             Append(device, shape, settings, cacheOptions, x, cache, rotateQ ? qRotated : 0, bf16, launchStream);
+        if (shape.SeqlenQ == 0 || shape.HeadsQ == 0) return;   // the append still happens, as on the CPU path
 
         var q = rotateQ
             ? new DeviceOperand(qRotated, (long)shape.SeqlenQ * shape.HeadsQ * shape.HeadDim, (long)shape.HeadsQ * shape.HeadDim, shape.HeadDim)
