@@ -58,7 +58,7 @@ internal static class DecodeBench
             AnsiConsole.MarkupLine($"[yellow]skipped {reason.Count()} decode row(s)[/] ({Markup.Escape(string.Join("; ", reason.Select(s => s.Label).Take(3)))}{(reason.Count() > 3 ? "; ..." : "")}): {Markup.Escape(reason.Key)}");
 
         AnsiConsole.MarkupLine("Running the PyTorch decode peers on the contiguous shapes...");
-        var shapes = new JsonArray([.. cases.Where(c => !c.Paged).Select(c => (JsonNode)c.ToPeerShape())]);
+        var shapes = new JsonArray([.. cases.Where(c => c.Layout == DecodeLayout.Contiguous).Select(c => (JsonNode)c.ToPeerShape())]);
         var peers = TorchPeers.Run(peerScript, shapes, run, TimeSpan.FromMinutes(5));
         if (peers.Note is not null) AnsiConsole.MarkupLine($"[yellow]note:[/] {Markup.Escape(peers.Note)}");
         rows.AddRange(peers.Rows.Select(DecodeRows.FromPeer));

@@ -17,7 +17,7 @@ internal static class DecodeTable
         string title = $"decode (bf16, h32/kv8, d128): µs per call, back to back over caches rotated past L2; copy {copyTbps:0.00} TB/s"
             + (peerCopy is { } pc ? $" (torch's run {pc:0.00})" : "");
         var table = new Table().Title(Markup.Escape(title)).AddColumns("batch", "cache");
-        foreach (var column in new[] { "ours µs", "TB/s", "% copy", "paged µs", "torch µs", "TB/s", "% copy", "flash µs", "cuDNN µs", "ours/torch", "≥ torch", "≥ copy" })
+        foreach (var column in new[] { "ours µs", "TB/s", "% copy", "head-major µs", "paged µs", "torch µs", "TB/s", "% copy", "flash µs", "cuDNN µs", "ours/torch", "≥ torch", "≥ copy" })
             table.AddColumn(new TableColumn(column).RightAligned());
         table.AddColumn("verdict");
         table.Caption("torch: SDPA's default backend; % copy: K+V bytes per call / latency over the copy bandwidth of the same run; "
@@ -27,7 +27,7 @@ internal static class DecodeTable
         {
             BenchRow? Of(string impl, string? feature = null) =>
                 decode.FirstOrDefault(r => r.Impl == impl && r.Feature == feature && r.Batch == shape.Batch && r.SeqlenK == shape.SeqlenK);
-            BenchRow? ours = Of("ours"), paged = Of("ours", DecodeCase.PagedFeature), torch = Of(Peer);
+            BenchRow? ours = Of("ours"), headMajor = Of("ours", DecodeCase.HeadMajorFeature), paged = Of("ours", DecodeCase.PagedFeature), torch = Of(Peer);
             // PyTorch's share against the copy figure of its own process, when it reported one.
             double? torchShare = torch?.KvTbps / (torch?.CopyTbps ?? copyTbps);
             var targets = ours is null ? [] : DecodeTargets.Judge(new DecodeCase(shape.Batch, shape.SeqlenK).KvBytes, ours.Ms, copyTbps, torch?.Ms, torchShare);
@@ -36,7 +36,7 @@ internal static class DecodeTable
             table.AddRow(
                 $"{shape.Batch}", $"{shape.SeqlenK}",
                 Micro(ours), Tbps(ours), Percent(ours?.KvTbps / copyTbps),
-                Micro(paged), Micro(torch), Tbps(torch), Percent(torchShare),
+                Micro(headMajor), Micro(paged), Micro(torch), Tbps(torch), Percent(torchShare),
                 Micro(Of("torch-flash")), Micro(Of("torch-cudnn")),
                 ours is not null && torch is not null ? $"{torch.Ms / ours.Ms:0.00}x" : "-",
                 speed is null ? "-" : $"{speed.Required:0.00}x", copy is null ? "-" : $"{copy.Required:0%}",

@@ -32,9 +32,13 @@ internal sealed class DecodeWorkload : IDisposable
             var pattern = Own(GpuWorkloads<BFloat16>.UploadUniform(device, random, [PatternElements]));
             CudaTensor<BFloat16> Cache()
             {
-                var cache = Own(CudaTensor<BFloat16>.Allocate(cacheShape, device));
+                bool headMajor = c.Layout == DecodeLayout.HeadMajor;
+                nint[] storage = headMajor ? [c.Batch, DecodeCase.HeadsKv, c.CacheLength, DecodeCase.HeadDim] : cacheShape;
+                var cache = Own(CudaTensor<BFloat16>.Allocate(storage, device));
                 DeviceCopy.Tile(cache, pattern, stream);
-                return cache;
+                if (!headMajor) return cache;
+                nint head = (nint)c.CacheLength * DecodeCase.HeadDim;
+                return Own(CudaTensor<BFloat16>.View(cache.DevicePointer, cacheShape, [DecodeCase.HeadsKv * head, DecodeCase.HeadDim, head, 1]));
             }
             _sets = new (CudaTensor<BFloat16>, CudaTensor<BFloat16>, CudaTensor<BFloat16>)[sets];
             for (int i = 0; i < sets; i++)

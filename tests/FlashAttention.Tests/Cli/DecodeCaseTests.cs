@@ -9,12 +9,13 @@ public sealed class DecodeCaseTests
     public void GridSkipsShapesPastTwoMillionTokens()
     {
         var cases = DecodeCase.Standard().ToList();
-        Assert.Equal(30, cases.Count);
+        Assert.Equal(45, cases.Count);
         Assert.Equal(15, cases.Count(c => c.Paged));
+        Assert.Equal(15, cases.Count(c => c.Layout == DecodeLayout.HeadMajor));
         Assert.DoesNotContain(cases, c => c.Batch == 64 && c.CacheLength == 131072);
         Assert.Contains(cases, c => c.Batch == 16 && c.CacheLength == 131072);
-        Assert.Equal(cases.Where(c => !c.Paged).Select(c => (c.Batch, c.CacheLength)), cases.Where(c => c.Paged).Select(c => (c.Batch, c.CacheLength)));
-        Assert.Equal(15, DecodeCase.Standard(paged: false).Count());
+        Assert.Equal(cases.Where(c => c.Layout == DecodeLayout.Contiguous).Select(c => (c.Batch, c.CacheLength)), cases.Where(c => c.Paged).Select(c => (c.Batch, c.CacheLength)));
+        Assert.Equal(15, DecodeCase.Standard(layouts: false).Count());
     }
 
     [Fact]
@@ -25,7 +26,8 @@ public sealed class DecodeCaseTests
         Assert.Equal(4.0 * 32768 * 32 * 128, c.Flops);
         Assert.Equal(128, c.BlocksPerSequence);
         Assert.Null(c.Feature);
-        Assert.Equal("paged", (c with { Paged = true }).Feature);
+        Assert.Equal("paged", (c with { Layout = DecodeLayout.Paged }).Feature);
+        Assert.Equal("head-major", (c with { Layout = DecodeLayout.HeadMajor }).Feature);
     }
 
     [Fact]

@@ -13,7 +13,7 @@ public sealed class DecodeRowsTests
     [Fact]
     public void OursCarriesTheDecodeKeys()
     {
-        var c = new DecodeCase(8, 32768, Paged: true);
+        var c = new DecodeCase(8, 32768, DecodeLayout.Paged);
         var json = Json(DecodeRows.Ours(c, ms: 0.4, runs: 9, copyTbps: 3.0123456, device: "GPU", run: "2026-11-26T10:15:00Z"));
         Assert.Equal("decode", json["op"]!.GetValue<string>());
         Assert.Equal("fwd", json["mode"]!.GetValue<string>());

@@ -51,11 +51,15 @@ __device__ __forceinline__ void load_cache_block(u32 tile, const u16* cache, con
     constexpr int kChunks = D / 8, kRowsPerPass = kDecodeThreads / kChunks;
     const int chunk = tid % kChunks;
     const bool chunk_inside = chunk * 8 < head_dim;
+    // The block's rows form one strided run (one index lookup per block) unless a page boundary falls inside it.
+    const bool one_run = c.block_table == nullptr || c.page_size % kDecodeBlockN == 0;
+    const long long run = one_run ? cache_row_offset(c, b, col0, batch_stride, row_stride) : 0;
 #pragma unroll
     for (int i = 0; i < kDecodeBlockN / kRowsPerPass; ++i) {
         const int r = tid / kChunks + i * kRowsPerPass, j = col0 + r;
         const bool inside = j < seqlen_k && chunk_inside;
-        const u16* src = inside ? cache + cache_row_offset(c, b, j, batch_stride, row_stride) + head_offset + chunk * 8 : cache;
+        const long long row = one_run ? run + r * row_stride : cache_row_offset(c, b, j, batch_stride, row_stride);
+        const u16* src = inside ? cache + row + head_offset + chunk * 8 : cache;
         cp_async_16(tile + swizzle<D>(r, chunk), src, inside ? 16 : 0);
     }
 }

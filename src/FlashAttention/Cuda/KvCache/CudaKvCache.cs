@@ -10,7 +10,7 @@ namespace FlashAttn.Cuda;
 internal static class CudaKvCache
 {
     private const float Log2E = 1.4426950408889634f;
-    private const int AppendThreads = 256, CombineWarpsPerBlock = 4;
+    private const int AppendThreads = 256;
 
     public static void Run<T>(KvCacheShape shape, AttentionOptions options, KvCacheOptions cacheOptions, KvCacheTensors<T> x, CudaStream? stream)
         where T : unmanaged
@@ -81,8 +81,9 @@ internal static class CudaKvCache
             };
             var combiner = KernelLibrary.Get(device, "decode_combine.cu", "decode_combine_kernel", $"decode_combine_{(bf16 ? "bf16" : "fp16")}",
                 [$"-DFA_BF16={(bf16 ? 1 : 0)}"]);
-            uint blocks = (uint)((rows + CombineWarpsPerBlock - 1) / CombineWarpsPerBlock);
-            combiner.Launch(combine, (blocks, 1, 1), (32 * CombineWarpsPerBlock, 1, 1), 0, launchStream);
+            // One block per output row, one thread per column (at least a warp, which reduces the split weights).
+            uint threads = (uint)Math.Clamp((shape.HeadDim + 31) / 32 * 32, 32, 256);
+            combiner.Launch(combine, ((uint)rows, 1, 1), (threads, 1, 1), 0, launchStream);
         }
     }
 
