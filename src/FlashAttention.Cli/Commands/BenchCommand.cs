@@ -26,12 +26,13 @@ internal static class BenchCommand
         var noUnfused = new Option<bool>("--no-unfused") { Description = "GPU: leave out the unfused (materialised) baseline." };
         var noFeatures = new Option<bool>("--no-features") { Description = "GPU: leave out the feature-overhead rows (softcap, ALiBi, dropout, GQA, packed QKV, windows, varlen)." };
         var noDecode = new Option<bool>("--no-decode") { Description = "GPU: leave out the KV-cache decoding rows (bf16, h32/kv8, d128, batch 1-64, cache 1k-128k; --quick leaves them out too)." };
+        var decodeSplits = new Option<int?>("--decode-splits") { HelpName = "splits", Description = "GPU: KV-cache splits for the decoding rows (KvCacheOptions.NumSplits; default 0 = the library's choice), for tuning." };
         var decodeOnly = new Option<bool>("--decode-only") { Description = "GPU: run only the KV-cache decoding rows (contiguous and paged caches) and their PyTorch peers, about a minute; the sweep options do not apply." };
 
         var command = new Command("bench", "Benchmark the attention paths over a sweep of shapes; write results JSON and a PNG plot.")
         {
             dtype, seqlens, headdims, batch, heads, causal, modes, repeats, naiveMax, quick, output, plot, cpu, peers, noUnfused, noFeatures,
-            noDecode, decodeOnly,
+            noDecode, decodeOnly, decodeSplits,
         };
         command.SetGuardedAction((parseResult, ct) =>
         {
@@ -70,7 +71,8 @@ internal static class BenchCommand
                     SeedMemory: !isQuick,
                     Features: !isQuick && !parseResult.GetValue(noFeatures),
                     Decode: !isQuick && !parseResult.GetValue(noDecode),
-                    DecodeOnly: onlyDecode);
+                    DecodeOnly: onlyDecode,
+                    DecodeSplits: parseResult.GetValue(decodeSplits) ?? 0);
                 return Gpu.GpuBenchRun.Execute(gpu.Device, gpuSettings, ct);
             }
             if (onlyDecode)

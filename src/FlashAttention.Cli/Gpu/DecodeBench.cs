@@ -23,7 +23,7 @@ internal static class DecodeBench
     public static string PeerScriptBeside(string attentionPeerScript) =>
         Path.Combine(Path.GetDirectoryName(attentionPeerScript) is { Length: > 0 } folder ? folder : ".", PeerScriptName);
 
-    public static List<BenchRow> Run(CudaDevice device, CudaStream stream, string peerScript, string run, CancellationToken ct)
+    public static List<BenchRow> Run(CudaDevice device, CudaStream stream, string peerScript, string run, int splits, CancellationToken ct)
     {
         var cases = DecodeCase.Standard().ToList();
         var rows = new List<BenchRow>();
@@ -43,7 +43,7 @@ internal static class DecodeBench
                     task.Description = c.Label;
                     try
                     {
-                        rows.Add(Measure(c, device, stream, random, l2, copy, run));
+                        rows.Add(Measure(c, device, stream, random, l2, copy, run, splits));
                     }
                     catch (Exception error) when (error is NotSupportedException or NotImplementedException or ArgumentException or CudaException)
                     {
@@ -66,10 +66,10 @@ internal static class DecodeBench
         return rows;
     }
 
-    private static BenchRow Measure(DecodeCase c, CudaDevice device, CudaStream stream, Random random, long l2, double copy, string run)
+    private static BenchRow Measure(DecodeCase c, CudaDevice device, CudaStream stream, Random random, long l2, double copy, string run, int splits)
     {
         using var work = new DecodeWorkload(c, c.BufferSets(l2), device, stream, random);
-        var (ms, _, repeats) = GpuTimer.BackToBack(work.Launch(stream), stream, minCalls: work.Sets);
+        var (ms, _, repeats) = GpuTimer.BackToBack(work.Launch(stream, splits), stream, minCalls: work.Sets);
         return DecodeRows.Ours(c, ms, repeats, copy, device.Name, run);
     }
 

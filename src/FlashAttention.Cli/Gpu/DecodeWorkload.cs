@@ -64,10 +64,10 @@ internal sealed class DecodeWorkload : IDisposable
     public int Sets => _sets.Length;
 
     /// <summary>Call i: decode one step on set i mod <see cref="Sets"/>, into the shared output, without the log-sum-exp.</summary>
-    public Action<int> Launch(CudaStream stream)
+    public Action<int> Launch(CudaStream stream, int splits = 0)
     {
         var options = AttentionOptions.Default;
-        var cacheOptions = KvCacheOptions.Default;
+        var cacheOptions = new KvCacheOptions { NumSplits = splits };
         return i =>
         {
             var (q, k, v) = _sets[i % _sets.Length];

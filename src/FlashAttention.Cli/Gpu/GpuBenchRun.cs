@@ -17,9 +17,10 @@ internal static class GpuBenchRun
 {
     /// <param name="Decode">Also run the decoding rows (after the feature rows).</param>
     /// <param name="DecodeOnly">Run only the decoding rows and their peers: no sweep, seed shape, feature rows or plot.</param>
+    /// <param name="DecodeSplits">KvCacheOptions.NumSplits of the decoding rows (0: automatic).</param>
     public sealed record Settings(IReadOnlyList<string> Dtypes, IReadOnlyList<int> HeadDims, IReadOnlyList<int> Seqlens, IReadOnlyList<bool> Causal,
         IReadOnlyList<string> Modes, string? OutputDirectory, string? PlotPath, string PeerScript, bool Unfused, bool SeedMemory, bool Features = false,
-        bool Decode = false, bool DecodeOnly = false);
+        bool Decode = false, bool DecodeOnly = false, int DecodeSplits = 0);
 
     public static int Execute(CudaDevice device, Settings settings, CancellationToken ct)
     {
@@ -90,7 +91,7 @@ internal static class GpuBenchRun
     {
         try
         {
-            return DecodeBench.Run(device, stream, DecodeBench.PeerScriptBeside(settings.PeerScript), run, ct);
+            return DecodeBench.Run(device, stream, DecodeBench.PeerScriptBeside(settings.PeerScript), run, settings.DecodeSplits, ct);
         }
         catch (CudaException error) when (!settings.DecodeOnly)
         {

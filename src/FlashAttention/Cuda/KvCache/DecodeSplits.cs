@@ -4,12 +4,12 @@ namespace FlashAttn.Cuda;
 /// How many splits of the key dimension a decode call uses. Without splits a call has batch x heads_kv x row-tiles thread
 /// blocks, far fewer than the SMs' resident slots at small batch; with s splits it has s times as many, and the last wave
 /// may be partly empty. The choice is the smallest s whose wave efficiency (blocks / slots of the waves they need) is
-/// within 5% of the best (measured on the H100: 15% left an eighth of the slots idle at batch 1), and no split gets fewer than four 64-key blocks (each split costs a prologue and a share of
-/// the combine).
+/// within 5% of the best (measured on the H100: 15% left an eighth of the slots idle at batch 1). Splits may be as short as
+/// one 64-key block: at batch 1 with a 1k cache, 32 splits ran in 13.9 us against 19.2 us for 4 (bench/NOTES.md).
 /// </summary>
 internal static class DecodeSplits
 {
-    public const int MinBlocksPerSplit = 4;
+    public const int MinBlocksPerSplit = 1;
     public const int ResidentPerSm = 2;
 
     public static int Choose(int requested, int tiles, int capacity, int multiprocessors)

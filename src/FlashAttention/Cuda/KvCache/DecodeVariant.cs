@@ -4,11 +4,11 @@ namespace FlashAttn.Cuda;
 
 /// <summary>
 /// One compiled specialisation of the split-KV decode kernel (Kernels/flash_decode.cu): 16 packed query rows, 64-key
-/// blocks over 4 warps, a STAGES-deep cp.async pipeline of K and V blocks.
+/// blocks over 4 warps, a STAGES-deep cp.async pipeline of K and V blocks, two resident blocks per SM.
 /// </summary>
 /// <param name="HeadDimBucket">64, 128 or 256 (head dims are zero-filled up to it in shared memory).</param>
 /// <param name="BFloat16">bf16 (true) or fp16 (false).</param>
-/// <param name="Stages">Key blocks in flight; 2 at head dim 256 so that the tiles fit.</param>
+/// <param name="Stages">Key blocks in the pipeline (all but one in flight).</param>
 /// <param name="Softcap">Compile the tanh cap in.</param>
 /// <param name="Alibi">Compile the ALiBi bias in.</param>
 internal sealed record DecodeVariant(int HeadDimBucket, bool BFloat16, int Stages, bool Softcap, bool Alibi)
@@ -19,6 +19,9 @@ internal sealed record DecodeVariant(int HeadDimBucket, bool BFloat16, int Stage
     public static DecodeVariant For(int headDim, bool bfloat16, bool softcap, bool alibi)
     {
         int bucket = headDim <= 64 ? 64 : headDim <= 128 ? 128 : 256;
+        // Two resident blocks per SM with 3 stages each (2 at d256, so the tiles fit) beat one block with as many stages
+        // as shared memory holds (6 at d128) by 10-70% on the H100 (bench/NOTES.md): a lone block's barrier and compute
+        // phases leave its SM without issued loads.
         return new DecodeVariant(bucket, bfloat16, bucket == 256 ? 2 : 3, softcap, alibi);
     }
 
