@@ -5,6 +5,7 @@ namespace FlashAttn.TorchSharp;
 /// <summary>
 /// flash-attn's functions over TorchSharp tensors, differentiable: the result takes part in autograd, so
 /// <c>loss.backward()</c> runs our backward (which recomputes the attention probabilities from the saved log-sum-exp).
+/// The KV-cache functions (<see cref="AttentionWithKvCache"/>) are the exception: inference only, outside autograd.
 /// </summary>
 /// <remarks>
 /// <para><b>Devices and dtypes.</b> CUDA tensors in float16 or bfloat16 run on our FlashAttention-2 kernels; CPU tensors in

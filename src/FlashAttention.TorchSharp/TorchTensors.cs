@@ -46,23 +46,29 @@ internal static unsafe partial class TorchTensors
 
     /// <summary>
     /// flash-attn's <c>maybe_contiguous</c>: the kernels need a contiguous last dimension and read every other stride as
-    /// given, so a tensor is copied only when its last stride is not 1, or when its layout is not a plain strided one
-    /// (dimensions sorted by stride must nest without overlapping: no broadcast stride 0, no interleaving made with
-    /// as_strided; System.Numerics.Tensors requires this too). Returns <paramref name="tensor"/> itself when no copy is needed.
+    /// given, so a tensor is copied only when <see cref="HasKernelLayout"/> says its layout cannot be used as it is.
+    /// Returns <paramref name="tensor"/> itself when no copy is needed.
     /// </summary>
-    public static torch.Tensor MaybeContiguous(torch.Tensor tensor)
+    public static torch.Tensor MaybeContiguous(torch.Tensor tensor) => HasKernelLayout(tensor) ? tensor : tensor.contiguous();
+
+    /// <summary>
+    /// Whether the kernels (and System.Numerics.Tensors spans) can address <paramref name="tensor"/> in place: its last
+    /// stride is 1 (or the last dimension has at most one element) and its layout is a plain strided one (dimensions
+    /// sorted by stride nest without overlapping: no broadcast stride 0, no interleaving made with as_strided).
+    /// </summary>
+    public static bool HasKernelLayout(torch.Tensor tensor)
     {
         long[] shape = tensor.shape, strides = tensor.stride();
         if (shape.Length > 0 && shape[^1] > 1 && strides[^1] != 1)
-            return tensor.contiguous();
+            return false;
         long minimum = 1;
         foreach (int dim in Enumerable.Range(0, shape.Length).Where(d => shape[d] > 1).OrderBy(d => strides[d]))
         {
             if (strides[dim] < minimum)
-                return tensor.contiguous();
+                return false;
             minimum = strides[dim] * shape[dim];
         }
-        return tensor;
+        return true;
     }
 
     /// <summary>A read-only span over a CPU tensor's memory, honouring its strides (no copy). The tensor must stay alive while it is used.</summary>
