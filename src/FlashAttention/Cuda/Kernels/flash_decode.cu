@@ -60,7 +60,7 @@ __device__ __forceinline__ void load_cache_block(u32 tile, const u16* cache, con
         const bool inside = j < seqlen_k && chunk_inside;
         const long long row = one_run ? run + r * row_stride : cache_row_offset(c, b, j, batch_stride, row_stride);
         const u16* src = inside ? cache + row + head_offset + chunk * 8 : cache;
-        cp_async_16(tile + swizzle<D>(r, chunk), src, inside ? 16 : 0);
+        cp_async_16_l2_256(tile + swizzle<D>(r, chunk), src, inside ? 16 : 0);
     }
 }
 
