@@ -24,6 +24,7 @@ public enum AttentionKind
 /// <param name="RopeTheta">Rotary base.</param>
 public sealed record LlamaConfig(int VocabSize, int Hidden, int Heads, int KvHeads, int Mlp, int Layers, bool TiedHead = false, double RopeTheta = 10000)
 {
+    /// <summary>Width of one head: Hidden / Heads.</summary>
     public int HeadDim => Hidden / Heads;
 
     /// <summary>LLaMA-7B's layer shape with <paramref name="layers"/> layers.</summary>
