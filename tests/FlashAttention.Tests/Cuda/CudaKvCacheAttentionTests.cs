@@ -126,6 +126,18 @@ public sealed class CudaKvCacheAttentionTests
         Assert.Equal("cacheBatchIndex", paged.ParamName);
     }
 
+    [Fact]
+    public void MoreQueryRowsThanOneGridTakesAreRejectedBeforeAnyWork()
+    {
+        GpuRequirement.SkipIfUnavailable();
+        // 131080 queries x 8 heads over 1 kv head = 65540 tiles of 16 rows: past CUDA's 65535 grid rows.
+        using var q = CudaTensor<Half>.Allocate([1, 131080, 8, 64]);
+        using var cache = CudaTensor<Half>.Allocate([1, 64, 1, 64]);
+        var error = Assert.Throws<ArgumentException>(() => FlashAttention.ForwardWithKvCache(q, cache, cache).Dispose());
+        Assert.Equal("q", error.ParamName);
+        Assert.Contains("chunks", error.Message);
+    }
+
     private static AttentionResult<T> WholeCache<T>(Inputs<T> inputs, AttentionOptions options, KvCacheOptions cacheOptions) where T : unmanaged =>
         DeviceInputs.Uploaded(inputs, (q, k, v) =>
         {

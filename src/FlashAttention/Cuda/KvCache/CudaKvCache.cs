@@ -11,6 +11,7 @@ internal static class CudaKvCache
 {
     private const float Log2E = 1.4426950408889634f;
     private const int AppendThreads = 256;
+    private const int MaxGridDimension = 65535;
 
     public static void Run<T>(KvCacheShape shape, AttentionOptions options, KvCacheOptions cacheOptions, KvCacheTensors<T> x, CudaStream? stream)
         where T : unmanaged
@@ -142,6 +143,13 @@ internal static class CudaKvCache
         foreach (var (tensor, name) in new[] { (x.KCache, "kCache"), (x.VCache, "vCache") })
             if (!DeviceOperand.Of(tensor).IsChunkAligned)
                 throw new ArgumentException("must be 16-byte aligned with every stride a multiple of 8 elements (the kernel reads it in 16-byte chunks).", name);
+        // Grid y holds kv heads x 16-row tiles of (query, head-in-group) rows, grid z the batch: CUDA caps both at 65535.
+        long tiles = (long)shape.HeadsKv * (((long)shape.SeqlenQ * shape.GroupSize + DecodeVariant.RowsPerTile - 1) / DecodeVariant.RowsPerTile);
+        if (tiles > MaxGridDimension)
+            throw new ArgumentException($"seqlen_q x heads_q = {(long)shape.SeqlenQ * shape.HeadsQ} query rows is more than KV-cache attention on CUDA " +
+                $"takes in one call ({MaxGridDimension} tiles of 16 rows); split the queries into chunks or use Forward for long prefills.", "q");
+        if (shape.Batch > MaxGridDimension)
+            throw new ArgumentException($"batch {shape.Batch} is more than KV-cache attention on CUDA takes in one call ({MaxGridDimension}); split the batch.", "q");
         if (shape.RotaryDim == 0 && !DeviceOperand.Of(x.Q).IsChunkAligned)
             throw new ArgumentException("must be 16-byte aligned with every stride a multiple of 8 elements; copy it to a dense tensor first.", "q");
     }
