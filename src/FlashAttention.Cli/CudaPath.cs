@@ -45,4 +45,24 @@ internal sealed class CudaPath(CudaDevice device) : IExecutionPath
         using var grads = FlashAttention.Backward(dd, dq, dk, dv, o, lse, options, dropoutState);
         return new AttentionGradients<T>(grads.DQ.ToHost(), grads.DK.ToHost(), grads.DV.ToHost());
     }
+
+    public AttentionResult<T> ForwardWithKvCache<T>(Tensor<T> q, Tensor<T> kCache, Tensor<T> vCache, Tensor<T> kNew, Tensor<T> vNew, int[] cacheSeqlens,
+        Tensor<int> blockTable, Tensor<T> rotaryCos, Tensor<T> rotarySin, AttentionOptions options, CancellationToken ct) where T : unmanaged
+    {
+        using var dq = CudaTensor<T>.FromHost(q, device);
+        using var dkCache = CudaTensor<T>.FromHost(kCache, device);
+        using var dvCache = CudaTensor<T>.FromHost(vCache, device);
+        using var dkNew = CudaTensor<T>.FromHost(kNew, device);
+        using var dvNew = CudaTensor<T>.FromHost(vNew, device);
+        using var seqlens = CudaTensor<int>.FromHost(Tensor.Create(cacheSeqlens, [cacheSeqlens.Length]), device);
+        using var table = CudaTensor<int>.FromHost(blockTable, device);
+        using var cos = CudaTensor<T>.FromHost(rotaryCos, device);
+        using var sin = CudaTensor<T>.FromHost(rotarySin, device);
+        using var result = FlashAttention.ForwardWithKvCache(dq, dkCache, dvCache, dkNew, dvNew, seqlens, blockTable: table, rotaryCos: cos,
+            rotarySin: sin, options: options);
+        // The append happened in device memory: bring the caches back, as the CPU path leaves them in place.
+        dkCache.ToHost().CopyTo(kCache);
+        dvCache.ToHost().CopyTo(vCache);
+        return new AttentionResult<T>(result.Output.ToHost(), result.LogSumExp.ToHost(), null, null);
+    }
 }

@@ -20,6 +20,10 @@ internal interface IExecutionPath
     AttentionGradients<T> Backward<T>(Tensor<T> dOut, Tensor<T> q, Tensor<T> k, Tensor<T> v, Tensor<T> output, Tensor<float> logSumExp,
         AttentionOptions options, DropoutState? dropoutState, CancellationToken ct) where T : unmanaged;
 
+    /// <summary>flash_attn_with_kvcache on host tensors: the caches are updated in place (appended to) as the path would.</summary>
+    AttentionResult<T> ForwardWithKvCache<T>(Tensor<T> q, Tensor<T> kCache, Tensor<T> vCache, Tensor<T> kNew, Tensor<T> vNew, int[] cacheSeqlens,
+        Tensor<int> blockTable, Tensor<T> rotaryCos, Tensor<T> rotarySin, AttentionOptions options, CancellationToken ct) where T : unmanaged;
+
     /// <summary>Whether the path runs this element type and these options forward; null when it does, else why not.</summary>
     string? ForwardGap(ElementType type, AttentionOptions options) => null;
 }
@@ -41,6 +45,11 @@ internal sealed class CpuPath : IExecutionPath
     public AttentionGradients<T> Backward<T>(Tensor<T> dOut, Tensor<T> q, Tensor<T> k, Tensor<T> v, Tensor<T> output, Tensor<float> logSumExp,
         AttentionOptions options, DropoutState? dropoutState, CancellationToken ct) where T : unmanaged =>
         FlashAttention.Backward<T>(dOut, q, k, v, output, logSumExp, options, dropoutState, ct);
+
+    public AttentionResult<T> ForwardWithKvCache<T>(Tensor<T> q, Tensor<T> kCache, Tensor<T> vCache, Tensor<T> kNew, Tensor<T> vNew, int[] cacheSeqlens,
+        Tensor<int> blockTable, Tensor<T> rotaryCos, Tensor<T> rotarySin, AttentionOptions options, CancellationToken ct) where T : unmanaged =>
+        FlashAttention.ForwardWithKvCache<T>(q, kCache, vCache, kNew, vNew, cacheSeqlens, blockTable: blockTable, rotaryCos: rotaryCos,
+            rotarySin: rotarySin, options: options, cancellationToken: ct);
 }
 
 /// <summary>The execution paths of this build and machine: the CPU always, CUDA when a usable GPU is found.</summary>

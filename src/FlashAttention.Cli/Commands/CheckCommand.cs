@@ -49,6 +49,18 @@ internal static class CheckCommand
                 }
                 results.AddRange(CheckRunner.Run(path, c, rng, ct));
             }
+        var kvCases = KvCacheCheckRunner.Cases().Where(c => types is null || types.Contains(c.DType)).ToList();
+        foreach (var path in ExecutionPaths.Available)
+            foreach (var c in kvCases)
+            {
+                ct.ThrowIfCancellationRequested();
+                if (path.ForwardGap(c.DType, c.Options) is { } gap)
+                {
+                    gaps.Add($"{path.Name}: {c.DType.Name()} {c.Feature} ({gap})");
+                    continue;
+                }
+                results.Add(KvCacheCheckRunner.Run(path, c, rng, ct));
+            }
         if (gaps.Count > 0)
             AnsiConsole.MarkupLine($"[yellow]note:[/] not covered by a path, so not checked there: {Markup.Escape(string.Join("; ", gaps))}.");
 
