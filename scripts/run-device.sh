@@ -3,6 +3,8 @@
 #   tests  - the whole suite (CUDA cases included); TRX and log under $OUT
 #   bench  - flash-attn bench on the GPU with the PyTorch peers, results under $OUT
 #   decode - only the KV-cache decoding rows (flash-attn bench --decode-only) with their PyTorch peers, about a minute
+#   train  - flash-attn train (issue 8: LLaMA-7B-shaped training, unfused vs TorchSharp SDPA vs ours) into $OUT/train;
+#            arguments after the mode go to it, e.g. `bash scripts/run-device.sh train --tiny` for a smoke run
 # The cubin cache lives in artifacts/carry/cubin-cache (carried along when present).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +17,9 @@ export FLASHATTN_CACHE_DIR="$PWD/artifacts/carry/cubin-cache"
 export DOTNET_gcServer=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 status=0
+# TorchSharp's native library resolves against the machine's libtorch (DEVICE.md): the tests and `flash-attn train` need it.
+torch_lib=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
 if [ "$what" = tests ] || [ "$what" = all ]; then
-  # TorchSharp's native library resolves against the machine's libtorch (DEVICE.md); only the tests need it.
-  torch_lib=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
   LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
     artifacts/device/tests/FlashAttention.Tests -noColor -result-trx "$out/tests.trx" -result-markdown "$out/tests.md" 2>&1 | tee "$out/tests.log" | tail -40
   status=${PIPESTATUS[0]}
@@ -28,6 +30,12 @@ if { [ "$what" = bench ] || [ "$what" = all ]; } && [ -x artifacts/device/cli/fl
 fi
 if [ "$what" = decode ] && [ -x artifacts/device/cli/flash-attn ]; then
   artifacts/device/cli/flash-attn bench --decode-only --out "$out/bench" 2>&1 | tee "$out/decode.log" | tail -60
+  status=${PIPESTATUS[0]}
+fi
+if [ "$what" = train ]; then
+  [ -x artifacts/device/cli/flash-attn ] || { echo "no published CLI: run scripts/publish-device.sh first"; exit 2; }
+  LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    artifacts/device/cli/flash-attn train --out "$out/train" "${@:2}" 2>&1 | tee "$out/train.log" | tail -80
   status=${PIPESTATUS[0]}
 fi
 exit $status

@@ -13,12 +13,13 @@ internal static class CliApp
     public static RootCommand Build()
     {
         if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = RedirectedWidth;
-        var root = new RootCommand("flash-attn: checks and benchmarks for FlashAttention.NET")
+        var root = new RootCommand("flash-attn: checks, benchmarks and the training experiment for FlashAttention.NET")
         {
             CheckCommand.Create(),
             BenchCommand.Create(),
             PlotCommand.Create(),
             WarmupCommand.Create(),
+            TrainCommand.Create(),
         };
         root.Subcommands.Add(AllCommand.Create(Build));
         return root;
