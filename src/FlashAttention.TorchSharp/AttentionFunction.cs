@@ -38,12 +38,13 @@ internal sealed class AttentionFunction : torch.autograd.SingleTensorFunction<At
     {
         var call = (AttentionCall)ctx.get_data(CallKey);
         List<torch.Tensor>? saved = null;
+        BackwardOutputs.ReleasePrevious();
         try
         {
             saved = ctx.get_saved_variables();
             int n = call.InputCount;
             var gradients = AttentionKernels.Backward(call, grad_output, saved.GetRange(0, n), saved[n], saved[n + 1]);
-            return [.. gradients, null!];
+            return BackwardOutputs.HandOver([.. gradients, null!]);
         }
         catch (Exception e)
         {

@@ -46,12 +46,13 @@ internal sealed class VarlenFunction : torch.autograd.SingleTensorFunction<Varle
     {
         var call = (VarlenCall)ctx.get_data(CallKey);
         List<torch.Tensor>? saved = null;
+        BackwardOutputs.ReleasePrevious();
         try
         {
             saved = ctx.get_saved_variables();
             int n = call.InputCount;
             var gradients = VarlenKernels.Backward(call, grad_output, saved.GetRange(0, n), saved[n], saved[n + 1], saved[n + 2], saved[n + 3]);
-            return [.. gradients, null!, null!, null!];
+            return BackwardOutputs.HandOver([.. gradients, null!, null!, null!]);
         }
         catch (Exception e)
         {

@@ -55,9 +55,12 @@ internal static class TrainReport
     }
 
     /// <summary>The loss agreement of two attentions over their first <see cref="LossSteps"/> common steps.</summary>
-    public sealed record LossAgreement(AttentionKind A, AttentionKind B, int Steps, double MaxDifference, int AtStep, double FirstStepDifference)
+    /// <param name="Tolerance">The larger of <see cref="LossTolerance"/> and the run's bf16 noise floor: the difference between
+    /// the two PyTorch attentions (unfused and SDPA), which compute the same math with different rounding.</param>
+    public sealed record LossAgreement(AttentionKind A, AttentionKind B, int Steps, double MaxDifference, int AtStep, double FirstStepDifference,
+        double Tolerance = LossTolerance)
     {
-        public bool Pass => Steps > 0 && MaxDifference <= LossTolerance;
+        public bool Pass => Steps > 0 && MaxDifference <= Tolerance;
     }
 
     public static IReadOnlyList<TableRow> Table(TrainSummary summary)
@@ -142,8 +145,14 @@ internal static class TrainReport
                 }
                 result.Add(new LossAgreement(runs[i].Kind, runs[j].Kind, steps, max, at, steps > 0 ? Math.Abs(a[0] - b[0]) : double.NaN));
             }
-        return result;
+        // bf16 training amplifies rounding differences step by step; how far the two PyTorch attentions drift apart is the noise
+        // floor any third implementation of the same math may show too.
+        double noise = result.FirstOrDefault(p => IsPair(p, AttentionKind.Unfused, AttentionKind.Sdpa))?.MaxDifference ?? 0;
+        double tolerance = double.IsFinite(noise) ? Math.Max(LossTolerance, noise) : LossTolerance;
+        return [.. result.Select(p => p with { Tolerance = tolerance })];
     }
+
+    private static bool IsPair(LossAgreement p, AttentionKind x, AttentionKind y) => (p.A == x && p.B == y) || (p.A == y && p.B == x);
 
     /// <summary>report.md.</summary>
     /// <param name="summary">The experiment.</param>
@@ -194,7 +203,9 @@ internal static class TrainReport
         else
         {
             md.AppendLine($"Same weights, same batches (seed {summary.Seed}), dropout off: the largest |loss difference| over the first " +
-                          $"{agreement.Max(a => a.Steps)} steps (at most {LossSteps}) between each pair, against a tolerance of {LossTolerance} nats.");
+                          $"{agreement.Max(a => a.Steps)} steps (at most {LossSteps}) between each pair, against a tolerance of " +
+                          $"{Number(agreement[0].Tolerance, "0.000")} nats: the larger of {LossTolerance} nats and the difference between the two " +
+                          "PyTorch attentions (unfused and SDPA: the same math, rounded differently), the bf16 noise of this run.");
             md.AppendLine();
             md.AppendLine("| pair | steps | max abs loss diff | at step | step 0 diff | within tolerance |");
             md.AppendLine("|---|---:|---:|---:|---:|---|");

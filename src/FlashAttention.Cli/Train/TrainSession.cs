@@ -81,7 +81,7 @@ internal static class TrainSession
         AnsiConsole.Write(TargetsTable(summary));
         foreach (var a in TrainReport.Agreement(summary))
             AnsiConsole.MarkupLine($"Loss agreement {TrainAttention.Impl(a.A)} vs {TrainAttention.Impl(a.B)}: max |diff| {a.MaxDifference:0.0000} over {a.Steps} steps " +
-                                   $"(step {a.AtStep}; tolerance {TrainReport.LossTolerance}) {(a.Pass ? "[green]agree[/]" : "[red]differ[/]")}");
+                                   $"(step {a.AtStep}; tolerance {a.Tolerance:0.000}) {(a.Pass ? "[green]agree[/]" : "[red]differ[/]")}");
         foreach (string path in saved) AnsiConsole.MarkupLine($"Wrote {Markup.Escape(path)}");
         return runs.Any(r => r.Trained) ? 0 : GuardedAction.Failure;
     }
