@@ -39,6 +39,7 @@ internal sealed class AttentionFunction : torch.autograd.SingleTensorFunction<At
         var call = (AttentionCall)ctx.get_data(CallKey);
         List<torch.Tensor>? saved = null;
         BackwardOutputs.ReleasePrevious();
+        BackwardOutputs.ReleaseLater(grad_output);
         try
         {
             saved = ctx.get_saved_variables();

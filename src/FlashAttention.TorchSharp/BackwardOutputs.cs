@@ -23,6 +23,15 @@ internal static class BackwardOutputs
         pending.Clear();
     }
 
+    /// <summary>Remembers the wrapper of the incoming gradient, which TorchSharp creates on the engine thread for each call and
+    /// leaves undisposed too (measured: one O-sized tensor per layer and step).</summary>
+    public static void ReleaseLater(torch.Tensor? tensor)
+    {
+        if (tensor is null) return;
+        _pending ??= [];
+        _pending.Add(tensor);
+    }
+
     /// <summary>Returns <paramref name="gradients"/> unchanged, remembering their wrappers for <see cref="ReleasePrevious"/>.</summary>
     public static List<torch.Tensor> HandOver(List<torch.Tensor> gradients)
     {

@@ -47,6 +47,7 @@ internal sealed class VarlenFunction : torch.autograd.SingleTensorFunction<Varle
         var call = (VarlenCall)ctx.get_data(CallKey);
         List<torch.Tensor>? saved = null;
         BackwardOutputs.ReleasePrevious();
+        BackwardOutputs.ReleaseLater(grad_output);
         try
         {
             saved = ctx.get_saved_variables();
