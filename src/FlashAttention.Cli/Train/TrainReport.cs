@@ -177,7 +177,8 @@ internal static class TrainReport
                 md.AppendLine($"| {TrainAttention.Label(row.Kind)} | failed: {Cell(row.Failure)} | - | - | - | {row.LargestContext} |");
         }
         md.AppendLine();
-        md.AppendLine("Tokens/s counts the steps after the warm-up; peak memory is the device's peak allocated memory over the run; " +
+        md.AppendLine("Tokens/s counts the steps after the warm-up; peak memory is the most device memory in use (as the driver reports it, " +
+                      "libtorch's cached blocks included) after any forward, backward or update, less what was in use before the run; " +
                       "the largest context is the longest of " + (summary.SweepRan ? string.Join(", ", summary.SweepContexts.Select(Tokens)) : "the sweep's contexts") +
                       $" that trains {ExperimentPlan.ProbeSteps} steps at batch 1 with the same layers (\"+\": the sweep's longest trained, the limit is beyond).");
         md.AppendLine();
