@@ -18,7 +18,8 @@ public sealed class AttentionResult<T>
     public Tensor<T> Output { get; }
 
     /// <summary>Log-sum-exp of each softmax row in fp32 (<c>softmax_lse</c>): (batch, heads_q, seqlen_q), or
-    /// (heads_q, total_q) for varlen. A row that sees no key holds +inf.</summary>
+    /// (heads_q, total_q) for varlen. A row that sees no key holds +inf (its output is 0); so does a row whose softmax read a NaN
+    /// or +inf score (NaN or infinity in q or k), whose output is NaN, as flash-attn writes them.</summary>
     public Tensor<float> LogSumExp { get; }
 
     /// <summary>The Philox state used by dropout (<c>rng_state</c>); null when dropout is off.</summary>

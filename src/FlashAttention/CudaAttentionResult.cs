@@ -18,7 +18,8 @@ public sealed class CudaAttentionResult<T> : IDisposable where T : unmanaged
     /// <summary>The attention output, (batch, seqlen_q, heads_q, headdim).</summary>
     public CudaTensor<T> Output { get; }
 
-    /// <summary>fp32 log-sum-exp, (batch, heads_q, seqlen_q); +inf for a row that sees no key.</summary>
+    /// <summary>fp32 log-sum-exp, (batch, heads_q, seqlen_q); +inf for a row that sees no key (output 0) and for a row whose
+    /// softmax read a NaN or +inf score (output NaN).</summary>
     public CudaTensor<float> LogSumExp { get; }
 
     /// <summary>The Philox state used by dropout; null when dropout is off.</summary>

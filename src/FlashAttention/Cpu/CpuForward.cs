@@ -74,6 +74,13 @@ internal static unsafe class CpuForward
                 TensorPrimitives.Multiply(outRow, 1f / sum, outRow);
                 *lse.At(b, h, row) = s.RowMax[r] + MathF.Log(sum);
             }
+            else if (float.IsNaN(sum))
+            {
+                // The row read a NaN or +inf score (NaN or inf in q or k, or QK^T beyond fp32): O = NaN, not the 0 of an
+                // empty row, and LSE = +inf, as the CUDA kernel and flash-attn write when the normaliser is not positive.
+                outRow.Fill(float.NaN);
+                *lse.At(b, h, row) = float.PositiveInfinity;
+            }
             else
             {
                 // The row saw no key (masked, or seqlen_k = 0): O = 0 and LSE = +inf, so backward's exp(x - LSE) = 0.

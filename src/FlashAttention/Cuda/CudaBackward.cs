@@ -18,7 +18,15 @@ internal static class CudaBackward
         DeviceOperand q, DeviceOperand k, DeviceOperand v, DeviceOperand output, DeviceOperand lse, DeviceOperand dq, DeviceOperand dk,
         DeviceOperand dv, CudaStream stream, nint cuSeqlensQ = 0, nint cuSeqlensK = 0) where T : unmanaged
     {
-        if (shape.Batch == 0 || shape.HeadsQ == 0 || shape.MaxSeqlenQ == 0 && shape.MaxSeqlenK == 0) return 0;
+        if (shape.Batch == 0 || shape.MaxSeqlenQ == 0 && shape.MaxSeqlenK == 0) return 0;
+        if (shape.HeadsQ == 0)
+        {
+            // No query head reads k or v: dK = dV = 0 (dQ is empty), written straight into the caller's tensors.
+            int batch = shape.IsVarlen ? 1 : shape.Batch, keyRows = shape.IsVarlen ? shape.TotalK : shape.MaxSeqlenK;
+            DeviceOperand Rows(DeviceOperand x) => shape.IsVarlen ? x with { StrideBatch = 0 } : x;
+            ZeroKeyGradients(device, Rows(dk), Rows(dv), batch, keyRows, shape.HeadsKv, shape.HeadDim, stream);
+            return 0;
+        }
         var variant = BackwardVariant.For(shape.HeadDim, typeof(T) == typeof(BFloat16), deterministic, settings.Dropout.Enabled,
             settings.Softcap > 0f, settings.AlibiSlopes is not null);
         int paddedDim = (shape.HeadDim + 7) / 8 * 8;
