@@ -80,10 +80,10 @@ internal static class CheckRunner
         return values;
     }
 
-    private static Tensor<T> Create<T>(double[] values, nint[] shape) where T : unmanaged =>
+    internal static Tensor<T> Create<T>(double[] values, nint[] shape) where T : unmanaged =>
         Tensor.Create(Array.ConvertAll(values, ElementTypes.FromDouble<T>), shape);
 
-    private static double[] Doubles<T>(Tensor<T> tensor) where T : unmanaged
+    internal static double[] Doubles<T>(Tensor<T> tensor) where T : unmanaged
     {
         var flat = new T[tensor.FlattenedLength];
         tensor.FlattenTo(flat);

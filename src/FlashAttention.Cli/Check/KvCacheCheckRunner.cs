@@ -46,13 +46,13 @@ internal static class KvCacheCheckRunner
         rng.Shuffle(pages);
         int[] table = pages[..(batch * MaxBlocks)];
 
-        var kCacheT = Create<T>(kCache, cacheShape);
-        var vCacheT = Create<T>(vCache, cacheShape);
+        var kCacheT = CheckRunner.Create<T>(kCache, cacheShape);
+        var vCacheT = CheckRunner.Create<T>(vCache, cacheShape);
         AttentionResult<T> result;
         try
         {
-            result = path.ForwardWithKvCache(Create<T>(q, qShape), kCacheT, vCacheT, Create<T>(kNew, newShape), Create<T>(vNew, newShape),
-                CacheSeqlens, Tensor.Create(table, [batch, MaxBlocks]), Create<T>(cos, rotaryShape), Create<T>(sin, rotaryShape), c.Options, ct);
+            result = path.ForwardWithKvCache(CheckRunner.Create<T>(q, qShape), kCacheT, vCacheT, CheckRunner.Create<T>(kNew, newShape), CheckRunner.Create<T>(vNew, newShape),
+                CacheSeqlens, Tensor.Create(table, [batch, MaxBlocks]), CheckRunner.Create<T>(cos, rotaryShape), CheckRunner.Create<T>(sin, rotaryShape), c.Options, ct);
         }
         catch (Exception ex) when (ex is not OperationCanceledException)
         {
@@ -72,9 +72,9 @@ internal static class KvCacheCheckRunner
         double floor = type.ToleranceFloorUnit();
         return new(c, "fwd", path.Name,
         [
-            TensorCheck.Compare("O", Doubles(result.Output), ref64.Output, Rounded(naive.Output, type), floor),
-            TensorCheck.Compare("LSE", Doubles(result.LogSumExp), ref64.LogSumExp, Array.ConvertAll(naive.LogSumExp, x => (double)x), floor),
-            TensorCheck.Compare("kCache", Doubles(kCacheT), ref64.KCache, Array.ConvertAll(naive.KCache, x => (double)x), floor),
+            TensorCheck.Compare("O", CheckRunner.Doubles(result.Output), ref64.Output, Rounded(naive.Output, type), floor),
+            TensorCheck.Compare("LSE", CheckRunner.Doubles(result.LogSumExp), ref64.LogSumExp, Array.ConvertAll(naive.LogSumExp, x => (double)x), floor),
+            TensorCheck.Compare("kCache", CheckRunner.Doubles(kCacheT), ref64.KCache, Array.ConvertAll(naive.KCache, x => (double)x), floor),
         ]);
     }
 
@@ -85,16 +85,6 @@ internal static class KvCacheCheckRunner
         for (long i = 0; i < count; i++)
             values[i] = type.Round(Math.Sqrt(-2 * Math.Log(1.0 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble()));
         return values;
-    }
-
-    private static Tensor<T> Create<T>(double[] values, nint[] shape) where T : unmanaged =>
-        Tensor.Create(Array.ConvertAll(values, ElementTypes.FromDouble<T>), shape);
-
-    private static double[] Doubles<T>(Tensor<T> tensor) where T : unmanaged
-    {
-        var flat = new T[tensor.FlattenedLength];
-        tensor.FlattenTo(flat);
-        return Array.ConvertAll(flat, ElementTypes.ToDouble);
     }
 
     private static double[] Rounded(float[] values, ElementType type) => Array.ConvertAll(values, x => type.Round(x));

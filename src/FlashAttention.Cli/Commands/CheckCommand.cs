@@ -35,32 +35,24 @@ internal static class CheckCommand
             AnsiConsole.MarkupLine($"Checking the [bold]{path.Name}[/] path ({Markup.Escape(path.Description)}), seed {seed}.");
 
         var rng = new Random(seed);
-        var cases = CheckCases.All(rng).Where(c => types is null || types.Contains(c.DType)).ToList();
         var results = new List<CheckResult>();
         var gaps = new List<string>();
-        foreach (var path in ExecutionPaths.Available)
-            foreach (var c in cases)
-            {
-                ct.ThrowIfCancellationRequested();
-                if (path.ForwardGap(c.DType, c.Options) is { } gap)
+        // Attention cases (forward and backward), then the KV-cache cases, on every path that runs their element type.
+        void RunAll(IEnumerable<CheckCase> all, Func<IExecutionPath, CheckCase, IEnumerable<CheckResult>> run)
+        {
+            var selected = all.Where(c => types is null || types.Contains(c.DType)).ToList();
+            foreach (var path in ExecutionPaths.Available)
+                foreach (var c in selected)
                 {
-                    gaps.Add($"{path.Name}: {c.DType.Name()} {c.Feature} ({gap})");
-                    continue;
+                    ct.ThrowIfCancellationRequested();
+                    if (path.ForwardGap(c.DType, c.Options) is { } gap)
+                        gaps.Add($"{path.Name}: {c.DType.Name()} {c.Feature} ({gap})");
+                    else
+                        results.AddRange(run(path, c));
                 }
-                results.AddRange(CheckRunner.Run(path, c, rng, ct));
-            }
-        var kvCases = KvCacheCheckRunner.Cases().Where(c => types is null || types.Contains(c.DType)).ToList();
-        foreach (var path in ExecutionPaths.Available)
-            foreach (var c in kvCases)
-            {
-                ct.ThrowIfCancellationRequested();
-                if (path.ForwardGap(c.DType, c.Options) is { } gap)
-                {
-                    gaps.Add($"{path.Name}: {c.DType.Name()} {c.Feature} ({gap})");
-                    continue;
-                }
-                results.Add(KvCacheCheckRunner.Run(path, c, rng, ct));
-            }
+        }
+        RunAll(CheckCases.All(rng), (path, c) => CheckRunner.Run(path, c, rng, ct));
+        RunAll(KvCacheCheckRunner.Cases(), (path, c) => [KvCacheCheckRunner.Run(path, c, rng, ct)]);
         if (gaps.Count > 0)
             AnsiConsole.MarkupLine($"[yellow]note:[/] not covered by a path, so not checked there: {Markup.Escape(string.Join("; ", gaps))}.");
 
