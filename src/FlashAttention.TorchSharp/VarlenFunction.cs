@@ -37,55 +37,15 @@ internal sealed class VarlenFunction : torch.autograd.SingleTensorFunction<Varle
         return output;
     }
 
-    /// <summary>
-    /// Runs inside libtorch's autograd engine, called from native code: an exception must not leave this method. A failure
-    /// is recorded (<see cref="FlashAttentionTorch.LastBackwardException"/>) and answered with gradients of a wrong shape,
-    /// which makes libtorch abort the backward pass, so <c>loss.backward()</c> throws instead of training on garbage.
-    /// </summary>
+    /// <summary>Runs inside libtorch's autograd engine (see <see cref="EngineBackward"/>): one gradient per tensor input, nulls
+    /// for the two offset tensors and the call.</summary>
     public override List<torch.Tensor> backward(torch.autograd.AutogradContext ctx, torch.Tensor grad_output)
     {
         var call = (VarlenCall)ctx.get_data(CallKey);
-        List<torch.Tensor>? saved = null;
-        BackwardOutputs.ReleasePrevious();
-        BackwardOutputs.ReleaseLater(grad_output);
-        try
-        {
-            saved = ctx.get_saved_variables();
-            int n = call.InputCount;
-            var gradients = VarlenKernels.Backward(call, grad_output, saved.GetRange(0, n), saved[n], saved[n + 1], saved[n + 2], saved[n + 3]);
-            return BackwardOutputs.HandOver([.. gradients, null!, null!, null!]);
-        }
-        catch (Exception e)
-        {
-            FlashAttentionTorch.RecordBackwardFailure(e);
-            return Rejected(call.InputCount);
-        }
-        finally
-        {
-            saved?.ForEach(tensor => tensor?.Dispose());
-        }
+        int n = call.InputCount;
+        return EngineBackward.Run(ctx, grad_output, n, TrailingArguments,
+            saved => VarlenKernels.Backward(call, grad_output, saved.GetRange(0, n), saved[n], saved[n + 1], saved[n + 2], saved[n + 3]));
     }
 
     private static torch.Tensor Contiguous(torch.Tensor tensor) => tensor.is_contiguous() ? tensor : tensor.contiguous();
-
-    /// <summary>Gradients libtorch refuses (shape [0] for inputs of rank 3 and 4), plus nulls for the offsets and the call.</summary>
-    private static List<torch.Tensor> Rejected(int inputCount)
-    {
-        var result = new List<torch.Tensor>(inputCount + TrailingArguments);
-        try
-        {
-            for (int i = 0; i < inputCount; i++)
-                result.Add(torch.empty(0L));
-        }
-        catch (Exception)
-        {
-            // Cannot even allocate an empty tensor: undefined gradients are all that is left to return.
-            result.Clear();
-            for (int i = 0; i < inputCount; i++)
-                result.Add(null!);
-        }
-        for (int i = 0; i < TrailingArguments; i++)
-            result.Add(null!);
-        return result;
-    }
 }

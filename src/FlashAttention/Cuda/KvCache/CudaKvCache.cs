@@ -24,7 +24,7 @@ internal static class CudaKvCache
         var settings = AttentionSettings.Resolve(options, shape.Attention, null);
         var variant = DecodeVariant.For(shape.HeadDim, bf16, settings.Softcap > 0f, settings.AlibiSlopes is not null);
 
-        int tiles = shape.HeadsKv * ((shape.SeqlenQ * shape.GroupSize + DecodeVariant.RowsPerTile - 1) / DecodeVariant.RowsPerTile);
+        int tiles = (int)DecodeVariant.Tiles(shape);   // CheckLayout keeps it within the grid
         int splits = DecodeSplits.Choose(cacheOptions.NumSplits, shape.Batch * tiles, shape.Capacity, device.MultiprocessorCount);
         bool rotateQ = shape.RotaryDim > 0;
         long rows = (long)shape.Batch * shape.HeadsQ * shape.SeqlenQ;
@@ -144,7 +144,7 @@ internal static class CudaKvCache
             if (!DeviceOperand.Of(tensor).IsChunkAligned)
                 throw new ArgumentException("must be 16-byte aligned with every stride a multiple of 8 elements (the kernel reads it in 16-byte chunks).", name);
         // Grid y holds kv heads x 16-row tiles of (query, head-in-group) rows, grid z the batch: CUDA caps both at 65535.
-        long tiles = (long)shape.HeadsKv * (((long)shape.SeqlenQ * shape.GroupSize + DecodeVariant.RowsPerTile - 1) / DecodeVariant.RowsPerTile);
+        long tiles = DecodeVariant.Tiles(shape);
         if (tiles > MaxGridDimension)
             throw new ArgumentException($"seqlen_q x heads_q = {(long)shape.SeqlenQ * shape.HeadsQ} query rows is more than KV-cache attention on CUDA " +
                 $"takes in one call ({MaxGridDimension} tiles of 16 rows); split the queries into chunks or use Forward for long prefills.", "q");

@@ -25,6 +25,10 @@ internal sealed record DecodeVariant(int HeadDimBucket, bool BFloat16, int Stage
         return new DecodeVariant(bucket, bfloat16, bucket == 256 ? 2 : 3, softcap, alibi);
     }
 
+    /// <summary>Grid rows of a call: each kv head's (query, head-in-group) rows in tiles of <see cref="RowsPerTile"/>.</summary>
+    public static long Tiles(Validation.KvCacheShape shape) =>
+        (long)shape.HeadsKv * (((long)shape.SeqlenQ * shape.GroupSize + RowsPerTile - 1) / RowsPerTile);
+
     public string Name => $"flash_decode_hdim{HeadDimBucket}_{(BFloat16 ? "bf16" : "fp16")}{(Softcap ? "_softcap" : "")}{(Alibi ? "_alibi" : "")}";
 
     /// <summary>The Q tile, then the K/V stages, which the end of the kernel reuses to merge the warps (fp32 rows).</summary>
