@@ -41,7 +41,8 @@ internal static class CheckRunner
         var settings = ReferenceSettings.From(c.Options, shape.HeadDim, shape.Batch, shape.HeadsQ, result.DropoutState);
         float[] qf = Floats(q), kf = Floats(k), vf = Floats(v);
         var ref64 = ReferenceAttention.Backward(shape, settings, q, k, v, dOut);
-        var naiveForward = ReferenceAttention.Forward(shape, settings, qf, kf, vf);
+        Func<float, float>? roundOperand = type == ElementType.Fp32 ? null : x => (float)type.Round(x); // P and dS as a 16-bit unfused run stores them
+        var naiveForward = ReferenceAttention.Forward(shape, settings, qf, kf, vf, roundOperand);
         float[] storedOutput = Array.ConvertAll(naiveForward.Output, x => (float)type.Round(x));
         var forward = new CheckResult(c, "fwd", path.Name,
         [
@@ -53,7 +54,7 @@ internal static class CheckRunner
         try
         {
             var grads = path.Backward(dOutT, qt, kt, vt, result.Output, result.LogSumExp, c.Options, result.DropoutState, ct);
-            var naive = ReferenceAttention.Backward(shape, settings, qf, kf, vf, Floats(dOut), storedOutput);
+            var naive = ReferenceAttention.Backward(shape, settings, qf, kf, vf, Floats(dOut), storedOutput, roundOperand);
             backward = new(c, "bwd", path.Name,
             [
                 TensorCheck.Compare("dQ", Doubles(grads.DQ), ref64.DQ, RoundThrough(naive.DQ, type), floor),

@@ -17,21 +17,35 @@ internal static class CheckCommand
             AllowMultipleArgumentsPerToken = true,
         };
         dtype.AcceptOnlyFromAmong(ElementTypes.Names);
-        var command = new Command("check", "Self-check every available execution path against a float64 reference.") { seed, dtype };
+        // The sanitizer run (scripts/sanitize.sh) narrows to cuda: the CPU path's time would only slow it down.
+        var path = new Option<string[]>("--path")
+        {
+            Description = "Execution paths to check: cpu, cuda (default: every available one).",
+            AllowMultipleArgumentsPerToken = true,
+        };
+        path.AcceptOnlyFromAmong("cpu", "cuda");
+        var command = new Command("check", "Self-check every available execution path against a float64 reference.") { seed, dtype, path };
         command.SetGuardedAction((parseResult, ct) =>
         {
             int actualSeed = parseResult.GetValue(seed) ?? Random.Shared.Next();
             var types = parseResult.GetValue(dtype) is { Length: > 0 } names ? names.Select(ElementTypes.Parse).ToHashSet() : null;
-            return Run(actualSeed, types, ct);
+            var paths = parseResult.GetValue(path) is { Length: > 0 } pathNames ? pathNames.ToHashSet() : null;
+            return Run(actualSeed, types, paths, ct);
         });
         return command;
     }
 
-    private static int Run(int seed, HashSet<ElementType>? types, CancellationToken ct)
+    private static int Run(int seed, HashSet<ElementType>? types, HashSet<string>? pathNames, CancellationToken ct)
     {
         foreach (var (name, reason) in ExecutionPaths.Unavailable)
             AnsiConsole.MarkupLine($"[yellow]note:[/] {Markup.Escape(reason)}; skipping the '{name}' path.");
-        foreach (var path in ExecutionPaths.Available)
+        var paths = ExecutionPaths.Available.Where(p => pathNames is null || pathNames.Contains(p.Name)).ToList();
+        if (paths.Count == 0)
+        {
+            AnsiConsole.MarkupLine($"[red]None of the requested paths ({Markup.Escape(string.Join(", ", pathNames!))}) is available here.[/]");
+            return GuardedAction.Failure;
+        }
+        foreach (var path in paths)
             AnsiConsole.MarkupLine($"Checking the [bold]{path.Name}[/] path ({Markup.Escape(path.Description)}), seed {seed}.");
 
         var rng = new Random(seed);
@@ -41,7 +55,7 @@ internal static class CheckCommand
         void RunAll(IEnumerable<CheckCase> all, Func<IExecutionPath, CheckCase, IEnumerable<CheckResult>> run)
         {
             var selected = all.Where(c => types is null || types.Contains(c.DType)).ToList();
-            foreach (var path in ExecutionPaths.Available)
+            foreach (var path in paths)
                 foreach (var c in selected)
                 {
                     ct.ThrowIfCancellationRequested();

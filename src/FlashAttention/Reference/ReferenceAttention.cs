@@ -118,8 +118,10 @@ internal sealed class ReferenceGradients<TReal>
 /// </summary>
 internal static class ReferenceAttention
 {
+    /// <summary>The forward. A non-null <c>roundOperand</c> rounds the probabilities before they multiply V, as an unfused
+    /// computation in a 16-bit type stores its softmax (and as the fused kernels feed P to the tensor cores).</summary>
     public static ReferenceForward<TReal> Forward<TReal>(ReferenceShape shape, ReferenceSettings settings,
-        TReal[] q, TReal[] k, TReal[] v) where TReal : IFloatingPointIeee754<TReal>
+        TReal[] q, TReal[] k, TReal[] v, Func<TReal, TReal>? roundOperand = null) where TReal : IFloatingPointIeee754<TReal>
     {
         CheckLengths(shape, q, k, v);
         int sq = shape.SeqlenQ, sk = shape.SeqlenK, d = shape.HeadDim;
@@ -147,6 +149,7 @@ internal static class ReferenceAttention
                         pDropped[pBase + j] = pd;
                         kept[pBase + j] = rowKeep[j] != TReal.Zero;
                         if (pd == TReal.Zero) continue;
+                        if (roundOperand is not null) pd = roundOperand(pd);
                         int kvBase = KvIndex(shape, b, j, h / shape.GroupSize, 0);
                         for (int c = 0; c < d; c++) o[c] += pd * v[kvBase + c];
                     }
@@ -157,13 +160,15 @@ internal static class ReferenceAttention
     /// <summary>
     /// Gradients of sum(O * dO) with respect to q, k, v. D = rowsum(dO * O) uses <paramref name="outputForDelta"/> when given
     /// (a baseline that, like the fused kernels, reads a stored output rounded to its element type), else this forward's O.
+    /// A non-null <c>roundOperand</c> rounds P and dS before their products, as an unfused 16-bit computation stores them.
     /// </summary>
     public static ReferenceGradients<TReal> Backward<TReal>(ReferenceShape shape, ReferenceSettings settings,
-        TReal[] q, TReal[] k, TReal[] v, TReal[] dOut, TReal[]? outputForDelta = null) where TReal : IFloatingPointIeee754<TReal>
+        TReal[] q, TReal[] k, TReal[] v, TReal[] dOut, TReal[]? outputForDelta = null, Func<TReal, TReal>? roundOperand = null)
+        where TReal : IFloatingPointIeee754<TReal>
     {
         CheckLengths(shape, q, k, v);
         if (dOut.Length != shape.QElements) throw new ArgumentException("dOut must be shaped like q.", nameof(dOut));
-        var forward = Forward(shape, settings, q, k, v);
+        var forward = Forward(shape, settings, q, k, v, roundOperand);
         var o = outputForDelta ?? forward.Output;
         int sq = shape.SeqlenQ, sk = shape.SeqlenK, d = shape.HeadDim;
         var dq = new TReal[shape.QElements];
@@ -192,9 +197,11 @@ internal static class ReferenceAttention
                         TReal dP = TReal.Zero;
                         for (int c = 0; c < d; c++) dP += dOut[qBase + c] * v[kvBase + c];
                         TReal pd = rowP[j] * rowKeep[j];
+                        if (roundOperand is not null) pd = roundOperand(pd);
                         for (int c = 0; c < d; c++) dv[kvBase + c] += pd * dOut[qBase + c];
                         TReal dX = rowP[j] * (rowKeep[j] * dP - delta);
-                        TReal dS = dX * scale * (softcap ? TReal.One - rowT[j] * rowT[j] : TReal.One);
+                        TReal dS = dX * (softcap ? TReal.One - rowT[j] * rowT[j] : TReal.One);
+                        dS = (roundOperand is null ? dS : roundOperand(dS)) * scale;
                         for (int c = 0; c < d; c++)
                         {
                             dq[qBase + c] += dS * k[kvBase + c];

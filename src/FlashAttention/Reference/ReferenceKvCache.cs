@@ -75,6 +75,8 @@ internal static class ReferenceKvCache
     {
         var p = problem;
         int d = p.HeadDim, hkv = p.HeadsKv, hq = p.HeadsQ, sq = p.SeqlenQ;
+        // The naive baseline also rounds P before P·V, as the kernels do (null for the exact reference).
+        Func<TReal, TReal>? roundOperand = roundStored;
         roundStored ??= x => x;
         var kCache = (TReal[])p.KCache.Clone();
         var vCache = (TReal[])p.VCache.Clone();
@@ -125,7 +127,7 @@ internal static class ReferenceKvCache
                     Array.Copy(kCache, CacheIndex(b, j, h), k, (j * hkv + h) * d, d);
                     Array.Copy(vCache, CacheIndex(b, j, h), v, (j * hkv + h) * d, d);
                 }
-            var one = ReferenceAttention.Forward(new ReferenceShape(1, sq, length, hq, hkv, d), settings with { BatchOffset = b }, q, k, v);
+            var one = ReferenceAttention.Forward(new ReferenceShape(1, sq, length, hq, hkv, d), settings with { BatchOffset = b }, q, k, v, roundOperand);
             one.Output.CopyTo(output, b * sq * hq * d);
             one.LogSumExp.CopyTo(lse, b * hq * sq);
         }

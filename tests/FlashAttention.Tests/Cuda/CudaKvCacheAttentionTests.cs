@@ -92,7 +92,7 @@ public sealed class CudaKvCacheAttentionTests
             double[] vb = vd[(b * kvRow)..(b * kvRow + lengths[b] * headsKv * headDim)];
             var ref64 = ReferenceAttention.Forward(shape, settings, qb, kb, vb);
             var naive = ReferenceAttention.Forward(shape, settings, Array.ConvertAll(qb, x => (float)x), Array.ConvertAll(kb, x => (float)x),
-                Array.ConvertAll(vb, x => (float)x));
+                Array.ConvertAll(vb, x => (float)x), Precision<T>.OperandRounding);
             double u = Precision<T>.FloorUnit;
             Tolerance.AssertClose($"O[{b}]", o.AsSpan(b * qRow, qRow), ref64.Output,
                 Array.ConvertAll(naive.Output, x => (double)Precision<T>.ToFloat(Precision<T>.FromFloat(x))), u, context);

@@ -698,9 +698,9 @@ internal sealed class VarlenExpected
             var r64 = ReferenceAttention.Backward(shape, sequence, Precision<T>.ToDoubles(qs), Precision<T>.ToDoubles(ks), Precision<T>.ToDoubles(vs),
                 Precision<T>.ToDoubles(dos));
             float[] qf = Precision<T>.ToFloats(qs), kf = Precision<T>.ToFloats(ks), vf = Precision<T>.ToFloats(vs);
-            var naiveForward = ReferenceAttention.Forward(shape, sequence, qf, kf, vf);
+            var naiveForward = ReferenceAttention.Forward(shape, sequence, qf, kf, vf, Precision<T>.OperandRounding);
             var stored = Array.ConvertAll(naiveForward.Output, x => Precision<T>.ToFloat(Precision<T>.FromFloat(x)));
-            var rNaive = ReferenceAttention.Backward(shape, sequence, qf, kf, vf, Precision<T>.ToFloats(dos), stored);
+            var rNaive = ReferenceAttention.Backward(shape, sequence, qf, kf, vf, Precision<T>.ToFloats(dos), stored, Precision<T>.OperandRounding);
 
             r64.Forward.Output.CopyTo(o64, cuQ[s] * hq * d);
             Precision<T>.RoundThrough(naiveForward.Output).CopyTo(oNaive, cuQ[s] * hq * d);

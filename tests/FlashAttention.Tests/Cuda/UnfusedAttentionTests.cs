@@ -297,9 +297,9 @@ public sealed class UnfusedAttentionTests
         var ref64 = ReferenceAttention.Backward(problem.Shape, settings, Precision<T>.ToDoubles(inputs.Q), Precision<T>.ToDoubles(inputs.K),
             Precision<T>.ToDoubles(inputs.V), Precision<T>.ToDoubles(inputs.DOut));
         float[] qf = Precision<T>.ToFloats(inputs.Q), kf = Precision<T>.ToFloats(inputs.K), vf = Precision<T>.ToFloats(inputs.V);
-        var storedOutput = Array.ConvertAll(ReferenceAttention.Forward(problem.Shape, settings, qf, kf, vf).Output,
+        var storedOutput = Array.ConvertAll(ReferenceAttention.Forward(problem.Shape, settings, qf, kf, vf, Precision<T>.OperandRounding).Output,
             x => Precision<T>.ToFloat(Precision<T>.FromFloat(x)));
-        var naive = ReferenceAttention.Backward(problem.Shape, settings, qf, kf, vf, Precision<T>.ToFloats(inputs.DOut), storedOutput);
+        var naive = ReferenceAttention.Backward(problem.Shape, settings, qf, kf, vf, Precision<T>.ToFloats(inputs.DOut), storedOutput, Precision<T>.OperandRounding);
         var model = UnfusedModel(problem, settings, inputs);
         double u = Precision<T>.FloorUnit;
         void Near(string what, double[] modelValues, double[] reference, double[] naiveValues)

@@ -4,7 +4,8 @@ namespace FlashAttn.Tests.Infrastructure;
 
 /// <summary>
 /// Runs the library on random inputs and checks it against the float64 reference with the tolerance rule,
-/// the naive baseline being the same reference run in fp32 on the rounded inputs with outputs rounded to P.
+/// the naive baseline being the same reference run in fp32 on the rounded inputs, with P and dS rounded to P before their
+/// products (as an unfused computation in P stores them, and as flash-attn's own tests build their baseline) and outputs rounded to P.
 /// </summary>
 internal static class AttentionCheck
 {
@@ -23,7 +24,8 @@ internal static class AttentionCheck
 
         var settings = ReferenceSettings.From(options, problem.HeadDim, problem.Batch, problem.HeadsQ, result.DropoutState);
         var ref64 = ReferenceAttention.Forward(problem.Shape, settings, Precision<T>.ToDoubles(inputs.Q), Precision<T>.ToDoubles(inputs.K), Precision<T>.ToDoubles(inputs.V));
-        var naive = ReferenceAttention.Forward(problem.Shape, settings, Precision<T>.ToFloats(inputs.Q), Precision<T>.ToFloats(inputs.K), Precision<T>.ToFloats(inputs.V));
+        var naive = ReferenceAttention.Forward(problem.Shape, settings, Precision<T>.ToFloats(inputs.Q), Precision<T>.ToFloats(inputs.K), Precision<T>.ToFloats(inputs.V),
+            Precision<T>.OperandRounding);
 
         Assert.Equal(problem.QLengths, result.Output.Lengths.ToArray());
         Assert.Equal(problem.LseLengths, result.LogSumExp.Lengths.ToArray());
@@ -70,9 +72,10 @@ internal static class AttentionCheck
         var ref64 = ReferenceAttention.Backward(problem.Shape, settings, Precision<T>.ToDoubles(inputs.Q), Precision<T>.ToDoubles(inputs.K),
             Precision<T>.ToDoubles(inputs.V), Precision<T>.ToDoubles(inputs.DOut));
         float[] qf = Precision<T>.ToFloats(inputs.Q), kf = Precision<T>.ToFloats(inputs.K), vf = Precision<T>.ToFloats(inputs.V);
-        var naiveOutput = ReferenceAttention.Forward(problem.Shape, settings, qf, kf, vf).Output;
+        var naiveOutput = ReferenceAttention.Forward(problem.Shape, settings, qf, kf, vf, Precision<T>.OperandRounding).Output;
         var storedOutput = Array.ConvertAll(naiveOutput, x => Precision<T>.ToFloat(Precision<T>.FromFloat(x)));
-        var naive = ReferenceAttention.Backward(problem.Shape, settings, qf, kf, vf, Precision<T>.ToFloats(inputs.DOut), storedOutput);
+        var naive = ReferenceAttention.Backward(problem.Shape, settings, qf, kf, vf, Precision<T>.ToFloats(inputs.DOut), storedOutput,
+            Precision<T>.OperandRounding);
 
         Assert.Equal(problem.QLengths, grads.DQ.Lengths.ToArray());
         Assert.Equal(problem.KvLengths, grads.DK.Lengths.ToArray());

@@ -51,6 +51,9 @@ internal static class Precision<T> where T : unmanaged
     public static double[] ToDoubles(T[] values) => Array.ConvertAll(values, x => (double)ToFloat(x));
 
     /// <summary>Rounds float results to T and widens them again (the "outputs rounded to P" step of the naive baseline).</summary>
+    /// <summary>Rounds an fp32 intermediate (P, dS) to T, as an unfused computation in T stores it; null for fp32 (nothing to round).</summary>
+    public static Func<float, float>? OperandRounding { get; } = typeof(T) == typeof(float) ? null : x => ToFloat(FromFloat(x));
+
     public static double[] RoundThrough(float[] values) => Array.ConvertAll(values, x => (double)ToFloat(FromFloat(x)));
 
     public static double[] Flatten(Tensor<T> tensor)

@@ -55,5 +55,5 @@ extern "C" __global__ void decode_combine_kernel(const DecodeCombineParams p) {
         out[d] = Elem::from_float(o);
     }
     if (tid == 0 && p.lse != nullptr)
-        p.lse[b * p.lse_batch_stride + head * p.lse_head_stride + qi] = row_max == -FA_INF ? FA_INF : row_max + __logf(row_total);
+        p.lse[b * p.lse_batch_stride + head * p.lse_head_stride + qi] = !(row_total > 0.f) ? FA_INF : row_max + __logf(row_total);
 }

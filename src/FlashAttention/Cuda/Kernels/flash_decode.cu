@@ -248,23 +248,24 @@ __device__ __forceinline__ void flash_decode_block(const FlashDecodeParams& p) {
         float m = -FA_INF;
 #pragma unroll
         for (int w = 0; w < kDecodeWarps; ++w) m = fmaxf(m, s_max[w * kDecodeRows + r]);
+        // A warp that saw no key adds 0; one that read a NaN score adds its NaN sum and O, so the row ends NaN (with
+        // LSE = +inf), as flash_fwd and the CPU path give it (TEST-MATRIX rule 2) instead of looking empty.
         float total = 0.f, o = 0.f;
-        if (m != -FA_INF) {
 #pragma unroll
-            for (int w = 0; w < kDecodeWarps; ++w) {
-                const float wm = s_max[w * kDecodeRows + r];
-                if (wm == -FA_INF) continue;
-                total += s_sum[w * kDecodeRows + r] * fast_exp2((wm - m) * p.scale_log2);
-                o += s_out[(w * kDecodeRows + r) * D + d];
-            }
+        for (int w = 0; w < kDecodeWarps; ++w) {
+            const float wm = s_max[w * kDecodeRows + r];
+            const float factor = (m == -FA_INF || wm == -FA_INF) ? 0.f : fast_exp2((wm - m) * p.scale_log2);
+            total += s_sum[w * kDecodeRows + r] * factor;
+            o += s_out[(w * kDecodeRows + r) * D + d];
         }
         const bool empty = !(total > 0.f);
-        const float value = empty ? 0.f : o / total;
+        const float value = o * (empty ? 0.f : 1.f / total);   // 0 for an empty row, NaN stays NaN
         const int qi = gr / group, head = kv_head * group + gr % group;
         const long long row_index = (((long long)split * p.batch + b) * p.heads_q + head) * p.seqlen_q + qi;
         if (partial) {
             p.o_partial[row_index * p.head_dim + d] = value;
-            if (d == 0) p.lse_partial[row_index] = empty ? -FA_INF : m * p.scale + __logf(total);
+            // NaN marks a split that read a NaN score, so the combine makes the row NaN instead of dropping the split.
+            if (d == 0) p.lse_partial[row_index] = total != total ? total : empty ? -FA_INF : m * p.scale + __logf(total);
         } else {
             ((u16*)p.o)[b * p.o_batch_stride + qi * p.o_row_stride + head * p.o_head_stride + d] = Elem::from_float(value);
             if (d == 0 && p.lse != nullptr)

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# compute-sanitizer over our kernels on the GPU machine (issue 11): memcheck, racecheck, synccheck and initcheck,
+# each over two workloads that between them launch every kernel variant we ship:
+#   check - `flash-attn check --path cuda` (fwd+bwd of every feature at fp16 and bf16, plus KV-cache decode/prefill)
+#   tests - the CUDA test classes that cover the kernels (odd head dims, varlen, dropout, probabilities, splits, paged
+#           caches, hostile numbers, deterministic backward), small shapes
+# Usage (a device call carrying artifacts/carry, after scripts/publish-device.sh):
+#   bash scripts/sanitize.sh [tool ...]            default: all four tools
+#   WORKLOADS="check" LIMIT_S=120 bash scripts/sanitize.sh racecheck
+# Writes $OUT/sanitizer/<tool>-<workload>.log and summary.md (one row per run: errors reported, exit code, seconds).
+# A run counts as clean only when the sanitizer's summary line reports 0 errors (0 hazards for racecheck) and the
+# program exited 0.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-/tmp/out}/sanitizer
+mkdir -p "$out"
+if [ -f artifacts/carry/device.tar.xz ] && [ ! -x artifacts/device/tests/FlashAttention.Tests ]; then
+  tar -C artifacts -xJf artifacts/carry/device.tar.xz
+fi
+[ -x artifacts/device/tests/FlashAttention.Tests ] || { echo "no published build: run scripts/publish-device.sh first"; exit 2; }
+sanitizer=${SANITIZER:-/usr/local/cuda/bin/compute-sanitizer}
+[ -x "$sanitizer" ] || { echo "compute-sanitizer not found at $sanitizer (set SANITIZER=...)"; exit 2; }
+export FLASHATTN_CACHE_DIR="$PWD/artifacts/carry/cubin-cache"
+export DOTNET_gcServer=0
+
+tools=("$@")
+[ ${#tools[@]} -gt 0 ] || tools=(memcheck racecheck synccheck initcheck)
+read -r -a workloads <<< "${WORKLOADS:-check tests}"
+limit=${LIMIT_S:-240}
+classes=(CudaForwardTests CudaBackwardTests CudaVarlenTests CudaDropoutTests CudaScoreModifierTests CudaProbabilitiesTests
+         CudaKvCacheTests CudaKvCacheAttentionTests CudaHostileInputTests UnfusedAttentionTests)
+class_args=()
+for c in "${classes[@]}"; do class_args+=(-class "FlashAttn.Tests.Cuda.$c"); done
+
+workload_command() {
+  case "$1" in
+    check) echo artifacts/device/cli/flash-attn check --path cuda --seed 20261125 ;;
+    tests) echo artifacts/device/tests/FlashAttention.Tests -noColor "${class_args[@]}" ;;
+    *) echo "unknown workload $1" >&2; return 1 ;;
+  esac
+}
+
+summary="$out/summary.md"
+{
+  echo "# compute-sanitizer run"
+  echo
+  echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader), $("$sanitizer" --version | tail -1)"
+  echo
+  echo "| tool | workload | errors reported | exit code | seconds | verdict |"
+  echo "|---|---|---:|---:|---:|---|"
+} > "$summary"
+status=0
+for tool in "${tools[@]}"; do
+  extra=()
+  # racecheck reports shared-memory hazards; "all" also lists the warnings the default analysis folds away.
+  [ "$tool" = racecheck ] && extra=(--racecheck-report all)
+  for w in "${workloads[@]}"; do
+    log="$out/$tool-$w.log"
+    start=$SECONDS
+    # shellcheck disable=SC2046
+    timeout --signal=INT --kill-after=20 "$limit" "$sanitizer" --tool "$tool" "${extra[@]}" --print-limit 50 \
+      --target-processes all $(workload_command "$w") > "$log" 2>&1
+    rc=$?
+    secs=$((SECONDS - start))
+    # memcheck, synccheck, initcheck end with "ERROR SUMMARY: N errors"; racecheck with
+    # "RACECHECK SUMMARY: N hazards displayed (E errors, W warnings)": every displayed hazard counts.
+    errors=$(grep -oE "(ERROR SUMMARY: [0-9]+ error|RACECHECK SUMMARY: [0-9]+ hazard)" "$log" | tail -1 | grep -oE "[0-9]+")
+    if [ $rc -eq 124 ] || [ $rc -eq 130 ] || [ $rc -eq 137 ]; then verdict="timed out after ${limit}s (incomplete)"; status=1
+    elif [ -z "$errors" ]; then verdict="no summary printed"; status=1
+    elif [ "$errors" = 0 ] && [ $rc -eq 0 ]; then verdict=clean
+    else verdict=REPORTS; status=1; fi
+    echo "| $tool | $w | ${errors:--} | $rc | $secs | $verdict |" >> "$summary"
+    echo "$tool/$w: ${errors:-?} errors, exit $rc, ${secs}s, $verdict"
+    grep -E "^========= (Invalid|Race|Barrier|Uninitialized|Error|Program hit|Warning)" "$log" | sort | uniq -c | sort -rn | head -8
+  done
+done
+cat "$summary"
+exit $status
