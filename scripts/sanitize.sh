@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # compute-sanitizer over our kernels on the GPU machine (issue 11): memcheck, racecheck, synccheck and initcheck,
-# each over two workloads that between them launch every kernel variant we ship:
-#   check - `flash-attn check --path cuda` (fwd+bwd of every feature at fp16 and bf16, plus KV-cache decode/prefill)
-#   tests - the CUDA test classes that cover the kernels (odd head dims, varlen, dropout, probabilities, splits, paged
-#           caches, hostile numbers, deterministic backward), small shapes
+# each over workloads that between them launch every kernel variant we ship:
+#   check   - `flash-attn check --path cuda` (fwd+bwd of every feature at fp16 and bf16, KV-cache decode/prefill)
+#   tests   - the CUDA test classes that cover the fused kernels (odd head dims, varlen, dropout, probabilities, split-KV,
+#             paged caches, hostile numbers, deterministic backward, threads and streams), small shapes
+#   unfused - the unfused baseline (cuBLAS GEMMs + our softmax kernels), apart because its S and dP matrices are written
+#             by cuBLAS; its one deliberate out-of-memory case is left out (memcheck counts the refused cuMemAlloc)
 # Usage (a device call carrying artifacts/carry, after scripts/publish-device.sh):
-#   bash scripts/sanitize.sh [tool ...]            default: all four tools
+#   bash scripts/sanitize.sh [tool ...]            default: all four tools over all workloads
 #   WORKLOADS="check" LIMIT_S=120 bash scripts/sanitize.sh racecheck
 # Writes $OUT/sanitizer/<tool>-<workload>.log and summary.md (one row per run: errors reported, exit code, seconds).
 # A run counts as clean only when the sanitizer's summary line reports 0 errors (0 hazards for racecheck) and the
@@ -25,10 +27,10 @@ export DOTNET_gcServer=0
 
 tools=("$@")
 [ ${#tools[@]} -gt 0 ] || tools=(memcheck racecheck synccheck initcheck)
-read -r -a workloads <<< "${WORKLOADS:-check tests}"
+read -r -a workloads <<< "${WORKLOADS:-check tests unfused}"
 limit=${LIMIT_S:-240}
 classes=(CudaForwardTests CudaBackwardTests CudaVarlenTests CudaDropoutTests CudaScoreModifierTests CudaProbabilitiesTests
-         CudaKvCacheTests CudaKvCacheAttentionTests CudaHostileInputTests UnfusedAttentionTests)
+         CudaKvCacheTests CudaKvCacheAttentionTests CudaHostileInputTests CudaConcurrencyTests)
 class_args=()
 for c in "${classes[@]}"; do class_args+=(-class "FlashAttn.Tests.Cuda.$c"); done
 
@@ -36,6 +38,8 @@ workload_command() {
   case "$1" in
     check) echo artifacts/device/cli/flash-attn check --path cuda --seed 20261125 ;;
     tests) echo artifacts/device/tests/FlashAttention.Tests -noColor "${class_args[@]}" ;;
+    unfused) echo artifacts/device/tests/FlashAttention.Tests -noColor -class FlashAttn.Tests.Cuda.UnfusedAttentionTests \
+               -method- FlashAttn.Tests.Cuda.UnfusedAttentionTests.ScoreMatrixThatDoesNotFitThrowsOutOfMemory ;;
     *) echo "unknown workload $1" >&2; return 1 ;;
   esac
 }

@@ -72,7 +72,10 @@ public static unsafe partial class FlashAttention
     /// <param name="output">Receives O; shaped like q, last dimension contiguous.</param>
     /// <param name="logSumExp">Receives the fp32 log-sum-exp, (batch, heads_q, seqlen_q), last dimension contiguous.</param>
     /// <param name="options">Attention options (ReturnProbabilities is not available here).</param>
-    /// <param name="cancellationToken">Cancels long CPU work.</param>
+    /// <param name="cancellationToken">Cancels long CPU work: the call then throws <see cref="OperationCanceledException"/> and
+    /// leaves <paramref name="output"/> and <paramref name="logSumExp"/> partly written. Each query row of each head holds
+    /// either its final values (the O row and its log-sum-exp together, as an uncancelled call writes them) or its previous
+    /// contents; which rows were finished is unspecified. Nothing outside the two tensors' elements is written.</param>
     /// <returns>The dropout state used, or null when dropout is off.</returns>
     public static DropoutState? ForwardInto<T>(ReadOnlyTensorSpan<T> q, ReadOnlyTensorSpan<T> k, ReadOnlyTensorSpan<T> v,
         TensorSpan<T> output, TensorSpan<float> logSumExp, AttentionOptions? options = null, CancellationToken cancellationToken = default)

@@ -44,7 +44,7 @@ internal static unsafe class CpuBackward
             {
                 var (b, hk, group, g) = tasks[index];
                 for (int kb = group; kb * Bc < shape.KLength[b]; kb += g) // interleaved, so causal work spreads evenly
-                    KeyBlock(shape, settings, queries, k, v, dk, dv, b, hk, kb, scratch, partials.Pointer + qLayout.TotalFloats * group, qLayout);
+                    KeyBlock(shape, settings, queries, k, v, dk, dv, b, hk, kb, scratch, partials.Pointer + qLayout.TotalFloats * group, qLayout, ct);
                 return scratch;
             },
             scratch => scratch.Dispose());
@@ -75,7 +75,8 @@ internal static unsafe class CpuBackward
     // Full optimisation from the first call: tier-0 code of these loops runs ~3x slower.
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     private static void KeyBlock<T>(ProblemShape shape, AttentionSettings settings, QueryPack queries, Operand<T> k, Operand<T> v,
-        Operand<T> dk, Operand<T> dv, int b, int hk, int kb, Scratch s, float* dqPartials, PaddedLayout qLayout) where T : unmanaged
+        Operand<T> dk, Operand<T> dv, int b, int hk, int kb, Scratch s, float* dqPartials, PaddedLayout qLayout, CancellationToken ct)
+        where T : unmanaged
     {
         int d = shape.HeadDim, dp = queries.PaddedHeadDim;
         int seqlenQ = shape.QLength[b], seqlenK = shape.KLength[b];
@@ -90,6 +91,9 @@ internal static unsafe class CpuBackward
             float slope = settings.AlibiSlope(b, h);
             for (int qb = queryStart / Br; qb * Br < queryEnd; qb++)
             {
+                // Checked per tile: a task owns whole key columns (every query block of every head of its GQA group),
+                // seconds of work for long sequences, so a check between tasks alone would leave cancellation waiting.
+                ct.ThrowIfCancellationRequested();
                 int row0 = qb * Br, rows = Math.Min(Br, seqlenQ - row0);
                 float* qTile = queries.Q(b, h) + (long)row0 * dp, dOutTile = queries.DOut(b, h) + (long)row0 * dp;
                 float* lseTile = queries.Lse(b, h) + row0, deltaTile = queries.Delta(b, h) + row0;

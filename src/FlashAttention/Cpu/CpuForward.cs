@@ -26,7 +26,7 @@ internal static unsafe class CpuForward
             (index, _, scratch) =>
             {
                 var (b, h, qb) = tasks[index];
-                QueryBlock(shape, settings, pack, q, o, lse, b, h, qb, scratch);
+                QueryBlock(shape, settings, pack, q, o, lse, b, h, qb, scratch, ct);
                 return scratch;
             },
             scratch => scratch.Dispose());
@@ -35,7 +35,7 @@ internal static unsafe class CpuForward
     // Full optimisation from the first call: tier-0 code of these loops runs ~3x slower.
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     private static void QueryBlock<T>(ProblemShape shape, AttentionSettings settings, KeyValuePack pack, Operand<T> q,
-        Operand<T> o, LseOperand lse, int b, int h, int qb, Scratch s) where T : unmanaged
+        Operand<T> o, LseOperand lse, int b, int h, int qb, Scratch s, CancellationToken ct) where T : unmanaged
     {
         int d = shape.HeadDim, dp = pack.PaddedHeadDim, hk = h / shape.GroupSize;
         int seqlenQ = shape.QLength[b], seqlenK = shape.KLength[b];
@@ -54,6 +54,9 @@ internal static unsafe class CpuForward
         var (keyStart, keyEnd) = settings.VisibleKeys(row0, row0 + rows, seqlenQ, seqlenK);
         for (int kb = keyStart / Bc; kb * Bc < keyEnd; kb++) // blocks outside [keyStart, keyEnd) are never touched
         {
+            // Checked per key block, not only between tasks: one task streams every key of its rows, which is seconds of
+            // work for long keys (a decode row over a long cache). Before the writes below, so a block is all or nothing.
+            ct.ThrowIfCancellationRequested();
             int col0 = kb * Bc;
             TileGemm.Multiply(s.Q, dp, pack.KeysTransposed(b, hk, kb), Bc, s.S, Bc, tileRows, Bc, dp, GemmInit.Overwrite);
             bool fullyVisible = settings.TileFullyVisible(row0, row0 + rows, col0, col0 + Bc, seqlenQ, seqlenK);

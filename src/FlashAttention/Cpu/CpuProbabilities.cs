@@ -24,6 +24,7 @@ internal static unsafe class CpuProbabilities
             new Span<float>(target, maxQ * maxK).Clear();
             for (int i = 0; i < seqlenQ; i++)
             {
+                ct.ThrowIfCancellationRequested(); // per row: one task is a whole (sequence, head) of seqlen_q x seqlen_k scores
                 Elements.ToFloat(q.At(b, shape.QStart[b] + i, h), qRow, d);
                 float rowLse = *lse.At(b, h, shape.QStart[b] + i);
                 for (int j = 0; j < seqlenK; j++)

@@ -7,9 +7,10 @@ namespace FlashAttn.Cuda;
 
 /// <summary>
 /// A GPU ready for our kernels: the driver initialised, the device's PRIMARY context retained (the context the CUDA
-/// runtime, hence libtorch, uses too, so device pointers from either side are valid in both), NVRTC present, and a
-/// compute capability of 8.0 or newer. <see cref="Default"/> is device 0, or the ordinal in the FLASHATTN_DEVICE
-/// environment variable (ordinals count the devices visible through CUDA_VISIBLE_DEVICES).
+/// runtime, hence libtorch, uses too, so device pointers from either side are valid in both), NVRTC present, a compute
+/// capability of 8.0 or newer, and versions that work together (NVRTC 11.8 or newer and new enough for the GPU's
+/// architecture, a driver of at least NVRTC's CUDA major version). <see cref="Default"/> is device 0, or the ordinal in the
+/// FLASHATTN_DEVICE environment variable (ordinals count the devices visible through CUDA_VISIBLE_DEVICES).
 /// </summary>
 /// <remarks>
 /// A CUDA context is current per thread, so every sequence of driver calls starts with <see cref="MakeCurrent"/>;
@@ -76,8 +77,8 @@ public sealed class CudaDevice
         TryGetDefault(out CudaDevice? device, out Exception? error) ? device : throw AsUnavailable(error!);
 
     /// <summary>
-    /// Gets the default device without throwing. On failure <paramref name="reason"/> says what is missing (driver, GPU,
-    /// NVRTC, a new enough GPU) and how to fix it. Success is remembered; a failure is retried on the next call.
+    /// Gets the default device without throwing. On failure <paramref name="reason"/> says what is missing or too old (driver,
+    /// GPU, NVRTC) and how to fix it. Success is remembered; a failure is retried on the next call.
     /// </summary>
     public static bool TryGetDefault([NotNullWhen(true)] out CudaDevice? device, out string reason)
     {
@@ -177,16 +178,18 @@ public sealed class CudaDevice
         string name = Encoding.UTF8.GetString(nameBuffer, new ReadOnlySpan<byte>(nameBuffer, 256).IndexOf((byte)0) is int n and >= 0 ? n : 256);
         int major = Attribute(CuDeviceAttribute.ComputeCapabilityMajor, device);
         int minor = Attribute(CuDeviceAttribute.ComputeCapabilityMinor, device);
-        if (major < 8)
-            throw new CudaUnavailableException(
-                $"{name} (device {ordinal}) has compute capability {major}.{minor}; FlashAttention.NET's CUDA kernels need sm_80 or newer " +
-                "(Ampere A100/RTX 30xx, Ada, Hopper, Blackwell). Fix: run on a newer GPU, or use the CPU path.");
+        string gpu = $"{name} (device {ordinal})";
+        // The GPU first, so an old GPU is reported as such even where NVRTC is missing too.
+        if (CudaRequirements.CheckComputeCapability((major, minor), gpu) is { } oldGpu)
+            throw new CudaUnavailableException(oldGpu);
         int sms = Attribute(CuDeviceAttribute.MultiprocessorCount, device);
         int smemOptin = Attribute(CuDeviceAttribute.MaxSharedMemoryPerBlockOptin, device);
         CudaException.ThrowIfFailed(CudaDriver.cuDeviceTotalMem_v2(out nuint totalMemory, device));
 
         // NVRTC is part of what "CUDA available" means: without it no kernel can be built.
         var nvrtcVersion = NvrtcCompiler.Version;
+        if (CudaRequirements.Check(driverVersion, nvrtcVersion, (major, minor), gpu) is { } mismatch)
+            throw new CudaUnavailableException(mismatch);
 
         CudaException.ThrowIfFailed(CudaDriver.cuDevicePrimaryCtxRetain(out nint context, device));
         CudaException.ThrowIfFailed(CudaDriver.cuCtxSetCurrent(context));

@@ -1,7 +1,8 @@
 namespace FlashAttn.Cuda;
 
 /// <summary>
-/// The CUDA path cannot run on this machine: no driver, no GPU, no NVRTC, or a GPU older than sm_80.
+/// The CUDA path cannot run on this machine: no driver, no GPU, no NVRTC, a GPU older than sm_80, or an NVRTC or driver
+/// too old (see CudaRequirements).
 /// The message says which, what was searched, and how to fix it.
 /// </summary>
 public sealed class CudaUnavailableException : Exception

@@ -58,7 +58,8 @@ __device__ __forceinline__ void load_cache_block(u32 tile, const u16* cache, con
     for (int i = 0; i < kDecodeBlockN / kRowsPerPass; ++i) {
         const int r = tid / kChunks + i * kRowsPerPass, j = col0 + r;
         const bool inside = j < seqlen_k && chunk_inside;
-        const long long row = one_run ? run + r * row_stride : cache_row_offset(c, b, j, batch_stride, row_stride);
+        // Rows past the sequence are never looked up: their page index would read past the block table's row.
+        const long long row = !inside ? 0 : one_run ? run + r * row_stride : cache_row_offset(c, b, j, batch_stride, row_stride);
         const u16* src = inside ? cache + row + head_offset + chunk * 8 : cache;
         cp_async_16_l2_256(tile + swizzle<D>(r, chunk), src, inside ? 16 : 0);
     }
