@@ -3,6 +3,7 @@
 #   tests  - the whole suite (CUDA cases included); TRX and log under $OUT
 #   bench  - flash-attn bench on the GPU with the PyTorch peers, results under $OUT
 #   decode - only the KV-cache decoding rows (flash-attn bench --decode-only) with their PyTorch peers, about a minute
+#   sanitize - compute-sanitizer (scripts/sanitize.sh; tools after the mode, default all four) into $OUT/sanitizer
 #   train  - flash-attn train (issue 8: LLaMA-7B-shaped training, unfused vs TorchSharp SDPA vs ours) into $OUT/train;
 #            arguments after the mode go to it, e.g. `bash scripts/run-device.sh train --tiny` for a smoke run
 # The cubin cache lives in artifacts/carry/cubin-cache (carried along when present).
@@ -31,6 +32,10 @@ fi
 if [ "$what" = decode ] && [ -x artifacts/device/cli/flash-attn ]; then
   artifacts/device/cli/flash-attn bench --decode-only --out "$out/bench" 2>&1 | tee "$out/decode.log" | tail -60
   status=${PIPESTATUS[0]}
+fi
+if [ "$what" = sanitize ]; then
+  bash scripts/sanitize.sh "${@:2}"
+  status=$?
 fi
 if [ "$what" = train ]; then
   [ -x artifacts/device/cli/flash-attn ] || { echo "no published CLI: run scripts/publish-device.sh first"; exit 2; }

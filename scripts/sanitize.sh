@@ -4,6 +4,8 @@
 #   check   - `flash-attn check --path cuda` (fwd+bwd of every feature at fp16 and bf16, KV-cache decode/prefill)
 #   tests   - the CUDA test classes that cover the fused kernels (odd head dims, varlen, dropout, probabilities, split-KV,
 #             paged caches, hostile numbers, deterministic backward, threads and streams), small shapes
+#   race    - racecheck's share of `tests` (racecheck over all of it takes more than 8 minutes): what `check` does not launch,
+#             varlen, returned probabilities, deterministic and wide-head-dim backward, split-KV decode with paged caches
 #   unfused - the unfused baseline (cuBLAS GEMMs + our softmax kernels), apart because its S and dP matrices are written
 #             by cuBLAS; its one deliberate out-of-memory case is left out (memcheck counts the refused cuMemAlloc)
 # Usage (a device call carrying artifacts/carry, after scripts/publish-device.sh):
@@ -38,6 +40,14 @@ workload_command() {
   case "$1" in
     check) echo artifacts/device/cli/flash-attn check --path cuda --seed 20261125 ;;
     tests) echo artifacts/device/tests/FlashAttention.Tests -noColor "${class_args[@]}" ;;
+    race) echo artifacts/device/tests/FlashAttention.Tests -noColor \
+            -method "FlashAttn.Tests.Cuda.CudaVarlenTests.DeterministicVarlenBackwardIsBitwiseRepeatable" \
+            -method "FlashAttn.Tests.Cuda.CudaVarlenTests.PackedQkvViewsEqualSeparateTensors" \
+            -method "FlashAttn.Tests.Cuda.CudaProbabilitiesTests.ProbabilitiesMatchTheCpuPathAndTheReference" \
+            -method "FlashAttn.Tests.Cuda.CudaProbabilitiesTests.DropoutSignsEqualTheCpuPathAndTheMaskBitForBit" \
+            -method "FlashAttn.Tests.Cuda.CudaBackwardTests.DeterministicModeGivesBitwiseIdenticalGradients" \
+            -method "FlashAttn.Tests.Cuda.CudaBackwardTests.WideHeadDimsHandleWindowsDropoutAndDeterminism" \
+            -method "FlashAttn.Tests.Cuda.CudaKvCacheTests.MatchesReference" ;;
     unfused) echo artifacts/device/tests/FlashAttention.Tests -noColor -class FlashAttn.Tests.Cuda.UnfusedAttentionTests \
                -method- FlashAttn.Tests.Cuda.UnfusedAttentionTests.ScoreMatrixThatDoesNotFitThrowsOutOfMemory ;;
     *) echo "unknown workload $1" >&2; return 1 ;;
