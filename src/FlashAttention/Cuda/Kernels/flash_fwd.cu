@@ -200,9 +200,9 @@ __device__ __forceinline__ void flash_fwd_block(const FlashFwdParams& p) {
                 }
         }
 
-        // Online softmax on raw scores (the scale is positive, so the max commutes with it):
-        // m_new = max(m, rowmax S); P = exp2(S * scale*log2(e) - m_new * scale*log2(e)) as one FFMA + ex2;
-        // O and l are rescaled by exp2((m - m_new) * scale*log2(e)).
+        // Online softmax on raw scores (the scale is positive, so the max commutes with it): with c = scale*log2(e),
+        // m_new = max(m, rowmax S), base = fl(m_new c); P = exp2(S c - base) as one FFMA + ex2;
+        // O and l are rescaled by exp2(base_old - base).
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
@@ -214,8 +214,11 @@ __device__ __forceinline__ void flash_fwd_block(const FlashFwdParams& p) {
                 for (int nt = 0; nt < kSTiles; ++nt) m = fmaxf(m, fmaxf(acc_s[mt][nt][2 * half], acc_s[mt][nt][2 * half + 1]));
                 m = fmaxf(row_max[mt][half], quad_max(m) - shift);
                 // A row with nothing visible so far keeps max -inf; use 0 as the base so exp2 gives 0, not NaN.
-                const float base = m == -FA_INF ? 0.f : m * p.scale_log2;
-                const float rescale = fast_exp2(row_max[mt][half] * p.scale_log2 - base);
+                // Every block's P is relative to its own base = fl(m * c), and the rescale goes from the previous base to
+                // this one (both rounded alike: an FMA-contracted m_old * c - base would mix in m_old * c's rounding, a
+                // per-block error of |m c| 2^-25 that no later step cancels).
+                const float base = m == -FA_INF ? 0.f : __fmul_rn(m, p.scale_log2);
+                const float rescale = fast_exp2(__fmul_rn(row_max[mt][half], p.scale_log2) - base);
 #if FA_ALIBI_FOLD
                 const float exp_bias = -fmaf(shift, p.scale_log2, base);
 #else
@@ -302,7 +305,9 @@ __device__ __forceinline__ void flash_fwd_block(const FlashFwdParams& p) {
                 asm volatile("st.shared.u32 [%0], %1;" :: "r"(sQ + swizzle<D>(tile_row, nt) + 4 * t), "r"(packed));
             }
             const int row = row0 + tile_row;
-            if (t == 0 && row < seqlen_q) lse[row] = empty ? FA_INF : row_max[mt][half] * p.scale + __logf(sum);
+            // l sums 2^(S c - base) with base = fl(m c): the LSE is base ln 2 + ln l (m * scale would be off by base's rounding).
+            if (t == 0 && row < seqlen_q)
+                lse[row] = empty ? FA_INF : fmaf(__fmul_rn(row_max[mt][half], p.scale_log2), 0.69314718055994531f, __logf(sum));
         }
     __syncwarp();
     constexpr int kChunks = D / 8;
