@@ -7,7 +7,8 @@ namespace FlashAttn.Cli.Bench;
 /// heads, heads_kv, headdim, causal, ms, tflops, device, run), plus gflops, fma_peak_gflops (the same run's measured
 /// fp32 FMA peak), runs (timed runs behind the median), vector (the CPU path's instruction width) and other_cpu
 /// (the CPU share other processes took meanwhile: a disturbed row on a shared machine shows here); optional keys are
-/// omitted when null (workspace_mib, feature, and decode rows' kv_tbps and copy_tbps).
+/// omitted when null (workspace_mib, feature, decode rows' kv_tbps and copy_tbps, and the torch-cpu peer's threads and
+/// torch_version).
 /// </summary>
 internal sealed record BenchRow
 {
@@ -49,6 +50,14 @@ internal sealed record BenchRow
     /// bytes per second in TB/s, the ceiling decode is judged against; left out when null.</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public double? CopyTbps { get; init; }
+
+    /// <summary>Threads the torch-cpu peer ran with (torch.set_num_threads); left out when null.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public int? Threads { get; init; }
+
+    /// <summary>torch.__version__ of the torch-cpu peer; left out when null.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public string? TorchVersion { get; init; }
 
     [JsonIgnore]
     public double PercentOfPeak => FmaPeakGflops > 0 ? 100 * Gflops / FmaPeakGflops : double.NaN;

@@ -4,8 +4,9 @@ namespace FlashAttn.Cli.Bench;
 
 /// <summary>
 /// One `flash-attn bench` invocation: measure the FMA peak, time every row (ours, then naive where the seqlen allows)
-/// under a progress display, print the table, then write the results JSON and the plot. Nothing is written when the
-/// run is cancelled, so the results file only ever holds complete runs.
+/// under a progress display, then PyTorch's CPU attention on the same cases when asked for (<see cref="CpuPeer"/>), print
+/// the table, then write the results JSON and the plot. Nothing is written when the run is cancelled, so the results file
+/// only ever holds complete runs.
 /// </summary>
 internal static class BenchRun
 {
@@ -25,12 +26,11 @@ internal static class BenchRun
     {
         var runStart = DateTime.UtcNow;
         string run = ResultsFile.FormatRun(runStart);
-        var path = ExecutionPaths.Available.FirstOrDefault(p => p.Name != "cpu");
-        if (path is null)
-        {
-            path = ExecutionPaths.Available.Single(p => p.Name == "cpu");
-            AnsiConsole.MarkupLine($"No CUDA GPU: running the CPU path ({Markup.Escape(path.Description)})");
-        }
+        // Always the CPU path: a GPU machine reaches this run only through --cpu (the GPU bench is GpuBenchRun), and
+        // picking the CUDA path here would time host-device copies and refuse fp32. With --cpu, CUDA is not even probed.
+        IExecutionPath path = new CpuPath();
+        AnsiConsole.MarkupLine(settings.CpuRequested ? $"Running the CPU path ({Markup.Escape(path.Description)}), as asked"
+            : $"No CUDA GPU: running the CPU path ({Markup.Escape(path.Description)})");
         var device = DeviceInfo.Cpu();
         if (Contention.Sample(TimeSpan.FromMilliseconds(300)) is var busy && busy > MaxBusy)
             AnsiConsole.MarkupLine($"[yellow]warning:[/] other processes are using {busy:P0} of the CPU; timings will be noisy.");
@@ -62,6 +62,9 @@ internal static class BenchRun
                 }
                 task.Description = "done";
             });
+        // After ours, never beside it: the peer wants every core too. Before the second peak, so the drift covers it.
+        if (settings.TorchPeerScript is { } peerScript)
+            rows.AddRange(CpuPeer.Run(peerScript, cases, settings.Repeats, device, run, peak.Gflops));
 
         // Shared or throttled machines change speed; a second measurement shows whether this run is trustworthy.
         var peakAfter = FmaPeak.Measure(peakTrial);

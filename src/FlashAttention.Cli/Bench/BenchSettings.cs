@@ -21,9 +21,19 @@ internal sealed record BenchSettings
     public required string? PlotPath { get; init; }
     /// <summary>A --quick smoke run (shorter FMA-peak measurement).</summary>
     public required bool Quick { get; init; }
+    /// <summary>The CPU path was asked for (--cpu or --cpu-peer-shapes) rather than taken for want of a GPU.</summary>
+    public bool CpuRequested { get; init; }
+    /// <summary>bench/peers/torch_cpu.py, to time PyTorch's CPU attention on the same cases; null leaves it out.</summary>
+    public string? TorchPeerScript { get; init; }
 
     /// <summary>The default sweep: head dims 64 and 128, seqlen 512..2048, plus 4096 for head dim 64.</summary>
     public static readonly (int HeadDim, int[] Seqlens)[] DefaultShapes = [(64, [512, 1024, 2048, 4096]), (128, [512, 1024, 2048])];
+
+    /// <summary>--cpu-peer-shapes (issue 7's CPU comparison with PyTorch): batch 1, 8 heads, seqlen 2048 at head dim 128 and
+    /// 4096 at head dim 64, causal and not, fp32 and bf16, forward and forward+backward.</summary>
+    public static readonly (int HeadDim, int[] Seqlens)[] CpuPeerShapes = [(128, [2048]), (64, [4096])];
+    public static readonly ElementType[] CpuPeerTypes = [ElementType.Fp32, ElementType.Bf16];
+    public const int CpuPeerBatch = 1, CpuPeerHeads = 8;
 
     /// <summary>The --quick smoke shape.</summary>
     public const int QuickSeqlen = 256, QuickHeadDim = 64, QuickHeads = 4, QuickRepeats = 3;

@@ -22,7 +22,16 @@ internal static class BenchCommand
         var output = new Option<string?>("--out") { Description = "Results folder (default bench/results)." };
         var plot = new Option<string?>("--plot") { Description = "PNG plot path (default <out>/<device>.png)." };
         var cpu = new Option<bool>("--cpu") { Description = "Benchmark the CPU path even when a CUDA GPU is present." };
-        var peers = new Option<string?>("--peers") { Description = "GPU: the PyTorch peer script (default bench/peers/torch_sdpa.py); the decode rows' peer is torch_decode.py beside it." };
+        var cpuPeerShapes = new Option<bool>("--cpu-peer-shapes")
+        {
+            Description = "CPU: the shapes of the comparison with PyTorch's CPU attention (issue 7): b1 h8, s2048 d128 and s4096 d64, causal and not, " +
+                "fp32 and bf16, fwd and fwdbwd. Implies --cpu; the naive baseline is left out unless --naive-max-seqlen is given; the other sweep options do not apply.",
+        };
+        var peers = new Option<string?>("--peers")
+        {
+            Description = "The GPU's PyTorch peer script (default bench/peers/torch_sdpa.py); the decode rows' peer is torch_decode.py beside it, " +
+                "and the CPU bench's (impl torch-cpu, PyTorch SDPA on CPU tensors with one thread per logical core) torch_cpu.py.",
+        };
         var noUnfused = new Option<bool>("--no-unfused") { Description = "GPU: leave out the unfused (materialised) baseline." };
         var noFeatures = new Option<bool>("--no-features") { Description = "GPU: leave out the feature-overhead rows (softcap, ALiBi, dropout, GQA, packed QKV, windows, varlen)." };
         var noDecode = new Option<bool>("--no-decode") { Description = "GPU: leave out the KV-cache decoding rows (bf16, h32/kv8, d128, batch 1-64, cache 1k-128k; --quick leaves them out too)." };
@@ -31,8 +40,8 @@ internal static class BenchCommand
 
         var command = new Command("bench", "Benchmark the attention paths over a sweep of shapes; write results JSON and a PNG plot.")
         {
-            dtype, seqlens, headdims, batch, heads, causal, modes, repeats, naiveMax, quick, output, plot, cpu, peers, noUnfused, noFeatures,
-            noDecode, decodeOnly, decodeSplits,
+            dtype, seqlens, headdims, batch, heads, causal, modes, repeats, naiveMax, quick, output, plot, cpu, cpuPeerShapes, peers, noUnfused,
+            noFeatures, noDecode, decodeOnly, decodeSplits,
         };
         command.SetGuardedAction((parseResult, ct) =>
         {
@@ -52,10 +61,15 @@ internal static class BenchCommand
             string? outDir = parseResult.GetValue(output) ?? (isQuick ? null : Path.Combine("bench", "results"));
             bool[] causalFlags = causalChoice switch { "on" => [true], "off" => [false], _ => [false, true] };
             bool onlyDecode = parseResult.GetValue(decodeOnly);
-            if (onlyDecode && (isQuick || parseResult.GetValue(noDecode) || parseResult.GetValue(cpu)))
-                throw new CliException("--decode-only runs the GPU decoding rows alone; it does not combine with --quick, --no-decode or --cpu.");
+            bool peerShapes = parseResult.GetValue(cpuPeerShapes);
+            if (onlyDecode && (isQuick || parseResult.GetValue(noDecode) || parseResult.GetValue(cpu) || peerShapes))
+                throw new CliException("--decode-only runs the GPU decoding rows alone; it does not combine with --quick, --no-decode, --cpu or --cpu-peer-shapes.");
+            if (peerShapes && (isQuick || Tokens(dtype) is not null || dims is not null || lengths is not null || parseResult.GetValue(batch) is not null
+                || parseResult.GetValue(heads) is not null || parseResult.GetValue(causal) is not null || Tokens(modes) is not null))
+                throw new CliException("--cpu-peer-shapes fixes the shapes; it does not combine with --quick, --dtype, --seqlens, --headdims, --batch, --heads, --causal or --modes.");
+            string gpuPeerScript = parseResult.GetValue(peers) ?? Path.Combine("bench", "peers", "torch_sdpa.py");
 
-            if (!parseResult.GetValue(cpu) && ExecutionPaths.Available.OfType<CudaPath>().FirstOrDefault() is { } gpu)
+            if (!parseResult.GetValue(cpu) && !peerShapes && ExecutionPaths.Available.OfType<CudaPath>().FirstOrDefault() is { } gpu)
             {
                 var gpuTypes = Tokens(dtype) is { } g ? BenchSettings.ParseNames(g, "--dtype", ["fp16", "bf16"]) : ["bf16"];
                 var gpuSettings = new Gpu.GpuBenchRun.Settings(
@@ -66,7 +80,7 @@ internal static class BenchCommand
                     Tokens(modes) is { } gm ? BenchSettings.ParseNames(gm, "--modes", BenchCase.Modes) : isQuick ? ["fwd"] : ["fwd", "fwdbwd"],
                     outDir,
                     parseResult.GetValue(plot),
-                    parseResult.GetValue(peers) ?? Path.Combine("bench", "peers", "torch_sdpa.py"),
+                    gpuPeerScript,
                     !parseResult.GetValue(noUnfused),
                     SeedMemory: !isQuick,
                     Features: !isQuick && !parseResult.GetValue(noFeatures),
@@ -78,19 +92,26 @@ internal static class BenchCommand
             if (onlyDecode)
                 throw new CliException("--decode-only needs a CUDA GPU; none is available here (`flash-attn check` says why).");
 
+            if (peerShapes)
+            {
+                types = [.. BenchSettings.CpuPeerTypes];
+                shapes = [.. BenchSettings.CpuPeerShapes.Select(x => (x.HeadDim, (IReadOnlyList<int>)x.Seqlens))];
+            }
             var settings = new BenchSettings
             {
                 DTypes = types,
                 Shapes = shapes,
-                Batch = Positive(parseResult.GetValue(batch) ?? 1, "--batch"),
-                Heads = Positive(parseResult.GetValue(heads) ?? (isQuick ? BenchSettings.QuickHeads : 8), "--heads"),
+                Batch = peerShapes ? BenchSettings.CpuPeerBatch : Positive(parseResult.GetValue(batch) ?? 1, "--batch"),
+                Heads = peerShapes ? BenchSettings.CpuPeerHeads : Positive(parseResult.GetValue(heads) ?? (isQuick ? BenchSettings.QuickHeads : 8), "--heads"),
                 Causal = causalFlags,
                 Modes = Tokens(modes) is { } m ? BenchSettings.ParseNames(m, "--modes", BenchCase.Modes) : ["fwd", "fwdbwd"],
                 Repeats = Positive(parseResult.GetValue(repeats) ?? (isQuick ? BenchSettings.QuickRepeats : 5), "--repeats"),
-                NaiveMaxSeqlen = parseResult.GetValue(naiveMax) ?? 2048,
+                NaiveMaxSeqlen = parseResult.GetValue(naiveMax) ?? (peerShapes ? 0 : 2048),
                 OutputDirectory = outDir,
                 PlotPath = parseResult.GetValue(plot),
                 Quick = isQuick,
+                CpuRequested = parseResult.GetValue(cpu) || peerShapes,
+                TorchPeerScript = CpuPeer.ScriptBeside(gpuPeerScript),
             };
             return BenchRun.Execute(settings, ct);
         });

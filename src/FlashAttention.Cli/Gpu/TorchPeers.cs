@@ -6,8 +6,9 @@ namespace FlashAttn.Cli.Gpu;
 
 /// <summary>
 /// Runs a PyTorch peer script (bench/peers/torch_sdpa.py: SDPA's flash, cuDNN and math backends; bench/peers/torch_decode.py:
-/// KV-cache decoding) on the same shapes in the same invocation, when python3 with torch is on the machine; the bench works
-/// without it and says so. A script takes SHAPES.json and the run's ISO time and prints a JSON array of result rows.
+/// KV-cache decoding; bench/peers/torch_cpu.py: SDPA on CPU tensors) on the same shapes in the same invocation, when python3
+/// with torch is on the machine; the bench works without it and says so. A script takes SHAPES.json and the run's ISO time
+/// (then any script-specific arguments) and prints a JSON array of result rows.
 /// </summary>
 internal static class TorchPeers
 {
@@ -16,7 +17,8 @@ internal static class TorchPeers
     public static Outcome Run(string script, IEnumerable<GpuBenchCase> cases, string run, TimeSpan timeout) =>
         Run(script, new JsonArray([.. cases.Select(c => (JsonNode)c.ToPeerShape())]), run, timeout);
 
-    public static Outcome Run(string script, JsonArray shapeList, string run, TimeSpan timeout)
+    /// <param name="arguments">Passed after SHAPES.json and the run's time (torch_cpu.py: threads and repeats).</param>
+    public static Outcome Run(string script, JsonArray shapeList, string run, TimeSpan timeout, IEnumerable<string>? arguments = null)
     {
         if (!File.Exists(script))
             return new([], $"peer script {script} not found: PyTorch peers skipped (run from the repository root or pass --peers).");
@@ -25,7 +27,7 @@ internal static class TorchPeers
         try
         {
             var start = new ProcessStartInfo("python3") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-            foreach (var argument in new[] { script, shapes, run }) start.ArgumentList.Add(argument);
+            foreach (var argument in new[] { script, shapes, run }.Concat(arguments ?? [])) start.ArgumentList.Add(argument);
             using var process = Process.Start(start) ?? throw new InvalidOperationException("python3 did not start");
             var stderr = process.StandardError.ReadToEndAsync();
             string stdout = process.StandardOutput.ReadToEnd();
