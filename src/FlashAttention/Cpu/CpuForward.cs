@@ -60,9 +60,20 @@ internal static unsafe class CpuForward
             int col0 = kb * Bc;
             TileGemm.Multiply(s.Q, dp, pack.KeysTransposed(b, hk, kb), Bc, s.S, Bc, tileRows, Bc, dp, GemmInit.Overwrite);
             bool fullyVisible = settings.TileFullyVisible(row0, row0 + rows, col0, col0 + Bc, seqlenQ, seqlenK);
-            TileMath.ToLogits(s.S, tileRows, row0, col0, seqlenQ, seqlenK, settings, slope, fullyVisible);
-            for (int r = 0; r < tileRows; r++)
-                OnlineSoftmaxStep(s, r, settings, b, h, row0 + r, col0);
+            if (FusedSoftmaxRow.Applies(settings, slope, fullyVisible))
+            {
+                for (int r = 0; r < tileRows; r++)
+                {
+                    s.Rescale[r] = FusedSoftmaxRow.Step(s.S + r * Bc, settings.Scale, ref s.RowMax[r], ref s.RowSum[r]);
+                    ApplyDropout(s, r, settings, b, h, row0 + r, col0);
+                }
+            }
+            else
+            {
+                TileMath.ToLogits(s.S, tileRows, row0, col0, seqlenQ, seqlenK, settings, slope, fullyVisible);
+                for (int r = 0; r < tileRows; r++)
+                    OnlineSoftmaxStep(s, r, settings, b, h, row0 + r, col0);
+            }
             // O = diag(rescale) O + P V: the rescale of the running output is fused into the product.
             TileGemm.Multiply(s.S, Bc, pack.Values(b, hk) + (long)col0 * dp, dp, s.O, dp, tileRows, dp, Bc, GemmInit.ScaleRows, s.Rescale);
         }
@@ -119,12 +130,17 @@ internal static unsafe class CpuForward
         s.RowSum[r] = s.RowSum[r] * rescale + TensorPrimitives.Sum(x);
         s.RowMax[r] = next;
         s.Rescale[r] = rescale;
-        if (settings.Dropout.Enabled)
-        {
-            var keep = new Span<float>(s.Keep, Bc);
-            settings.Dropout.FillRow(b, h, row, col0, keep);
-            TensorPrimitives.Multiply(x, keep, x);
-        }
+        ApplyDropout(s, r, settings, b, h, row, col0);
+    }
+
+    /// <summary>Dropout on row r of P for the PV product only (the row sum already used P before dropout).</summary>
+    private static void ApplyDropout(Scratch s, int r, AttentionSettings settings, int b, int h, int row, int col0)
+    {
+        if (!settings.Dropout.Enabled) return;
+        var x = new Span<float>(s.S + r * Bc, Bc);
+        var keep = new Span<float>(s.Keep, Bc);
+        settings.Dropout.FillRow(b, h, row, col0, keep);
+        TensorPrimitives.Multiply(x, keep, x);
     }
 
     /// <summary>Per-worker tiles, allocated once per worker thread.</summary>
