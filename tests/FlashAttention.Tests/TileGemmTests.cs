@@ -3,21 +3,24 @@ using FlashAttn.Tests.Infrastructure;
 
 namespace FlashAttn.Tests;
 
-/// <summary>The CPU path's one matrix kernel against a naive triple loop, for the three ways it starts C.</summary>
+/// <summary>The CPU path's one matrix kernel against a naive triple loop, for the three ways it starts C and with A passed
+/// as stored or transposed.</summary>
 public sealed unsafe class TileGemmTests
 {
-    public static TheoryData<GemmInitCase, int, int, int> Cases()
+    public static TheoryData<GemmInitCase, int, int, int, bool> Cases()
     {
-        var data = new TheoryData<GemmInitCase, int, int, int>();
+        var data = new TheoryData<GemmInitCase, int, int, int, bool>();
         int w = TileGemm.Width;
         foreach (var init in Enum.GetValues<GemmInitCase>())
-        {
-            data.Add(init, 4, w, 1);
-            data.Add(init, 8, 4 * w, 13);     // exactly one 4x4 register tile per row block
-            data.Add(init, 12, 5 * w, 40);    // one 4x4 tile plus a 4x1 remainder
-            data.Add(init, 64, 64, 59);
-            data.Add(init, 64, 8 * w + w, 256);
-        }
+            foreach (bool transposedA in (bool[])[false, true])
+            {
+                if (transposedA && init == GemmInitCase.ScaleRows) continue; // MultiplyTransposedA has no row scale
+                data.Add(init, 4, w, 1, transposedA);
+                data.Add(init, 8, 4 * w, 13, transposedA);     // exactly one 4x4 register tile per row block
+                data.Add(init, 12, 5 * w, 40, transposedA);    // one 4x4 tile plus a 4x1 remainder
+                data.Add(init, 64, 64, 59, transposedA);
+                data.Add(init, 64, 8 * w + w, 256, transposedA);
+            }
         return data;
     }
 
@@ -31,7 +34,7 @@ public sealed unsafe class TileGemmTests
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void MatchesNaiveProduct(GemmInitCase initCase, int m, int n, int k)
+    public void MatchesNaiveProduct(GemmInitCase initCase, int m, int n, int k, bool transposedA)
     {
         var init = (GemmInit)initCase;
         var seeded = new TestRandom();
@@ -54,8 +57,21 @@ public sealed unsafe class TileGemmTests
                 magnitude[i * ldc + j] = absolute + Math.Abs(start);
             }
 
-        fixed (float* pa = a, pb = b, pc = c, ps = scale)
-            TileGemm.Multiply(pa, lda, pb, ldb, pc, ldc, m, n, k, init, init == GemmInit.ScaleRows ? ps : null);
+        if (transposedA)
+        {
+            // The same A stored as its transpose (k x m, leading dimension m + 5), as backward passes P and dS.
+            int ldat = m + 5;
+            var at = Fill(random, k * ldat);
+            for (int i = 0; i < m; i++)
+                for (int p = 0; p < k; p++) at[p * ldat + i] = a[i * lda + p];
+            fixed (float* pat = at, pb = b, pc = c)
+                TileGemm.MultiplyTransposedA(pat, ldat, pb, ldb, pc, ldc, m, n, k, init);
+        }
+        else
+        {
+            fixed (float* pa = a, pb = b, pc = c, ps = scale)
+                TileGemm.Multiply(pa, lda, pb, ldb, pc, ldc, m, n, k, init, init == GemmInit.ScaleRows ? ps : null);
+        }
 
         for (int i = 0; i < m; i++)
             for (int j = 0; j < ldc; j++)
@@ -68,7 +84,7 @@ public sealed unsafe class TileGemmTests
                 }
                 // Standard bound for a recursive fp32 dot product: (k + 2) u * sum|a_p b_p| (+ the start term and the final rounding).
                 double tolerance = (k + 2) * Math.Pow(2, -24) * magnitude[i * ldc + j] + Math.Pow(2, -24) * Math.Abs(want);
-                Assert.True(Math.Abs(got - want) <= tolerance, $"{init} m={m} n={n} k={k}: C[{i},{j}] = {got:R}, expected {want:R} [{seeded}]");
+                Assert.True(Math.Abs(got - want) <= tolerance, $"{init} m={m} n={n} k={k} transposedA={transposedA}: C[{i},{j}] = {got:R}, expected {want:R} [{seeded}]");
             }
     }
 

@@ -123,9 +123,8 @@ internal static unsafe class CpuBackward
                     }
                 }
 
-                // dV += Pd^T dO
-                TileMath.Transpose(pDropped, Bc, s.Transposed, Br, Br, Bc);
-                TileGemm.Multiply(s.Transposed, Br, dOutTile, dp, s.DV, dp, Bc, dp, Br, GemmInit.Accumulate);
+                // dV += Pd^T dO (Pd read transposed in place)
+                TileGemm.MultiplyTransposedA(pDropped, Bc, dOutTile, dp, s.DV, dp, Bc, dp, Br, GemmInit.Accumulate);
 
                 // dP = dO V^T;  dS = P * (keep * dP - D) * dlogit/dS
                 TileGemm.Multiply(dOutTile, dp, s.VT, Bc, s.DS, Bc, Br, Bc, dp, GemmInit.Overwrite);
@@ -145,8 +144,7 @@ internal static unsafe class CpuBackward
                 }
 
                 // dK += dS^T Q ;  dQ += dS K
-                TileMath.Transpose(s.DS, Bc, s.Transposed, Br, Br, Bc);
-                TileGemm.Multiply(s.Transposed, Br, qTile, dp, s.DK, dp, Bc, dp, Br, GemmInit.Accumulate);
+                TileGemm.MultiplyTransposedA(s.DS, Bc, qTile, dp, s.DK, dp, Bc, dp, Br, GemmInit.Accumulate);
                 TileGemm.Multiply(s.DS, Bc, s.K, dp, dqTile, dp, Br, dp, Bc, GemmInit.Accumulate);
             }
         }
@@ -183,12 +181,12 @@ internal static unsafe class CpuBackward
     private sealed class Scratch : IDisposable
     {
         private readonly NativeBuffer _buffer;
-        public readonly float* K, KT, VT, DK, DV, P, PDropped, DS, Tanh, Keep, Transposed;
+        public readonly float* K, KT, VT, DK, DV, P, PDropped, DS, Tanh, Keep;
 
         public Scratch(int dp)
         {
             long tile = Br * Bc, block = (long)Bc * dp;
-            _buffer = new NativeBuffer(5 * block + 6 * tile);
+            _buffer = new NativeBuffer(5 * block + 5 * tile);
             K = _buffer.Pointer;
             KT = K + block;
             VT = KT + block;
@@ -199,7 +197,6 @@ internal static unsafe class CpuBackward
             DS = PDropped + tile;
             Tanh = DS + tile;
             Keep = Tanh + tile;
-            Transposed = Keep + tile;
         }
 
         public void Dispose() => _buffer.Dispose();

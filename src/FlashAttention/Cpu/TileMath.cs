@@ -48,14 +48,4 @@ internal static unsafe class TileMath
             }
         }
     }
-
-    /// <summary>dst (cols x rows, leading dim <paramref name="dstLd"/>) = transpose of src (rows x cols).</summary>
-    public static void Transpose(float* src, int srcLd, float* dst, int dstLd, int rows, int cols)
-    {
-        for (int r = 0; r < rows; r++)
-        {
-            float* s = src + r * srcLd;
-            for (int c = 0; c < cols; c++) dst[c * dstLd + r] = s[c];
-        }
-    }
 }
