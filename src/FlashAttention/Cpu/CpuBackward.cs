@@ -102,12 +102,19 @@ internal static unsafe class CpuBackward
                 // Recompute P = exp(logits - LSE) for this (query block, key block) tile.
                 TileGemm.Multiply(qTile, dp, s.KT, Bc, s.P, Bc, Br, Bc, dp, GemmInit.Overwrite);
                 bool fullyVisible = settings.TileFullyVisible(row0, row0 + rows, col0, col0 + Bc, seqlenQ, seqlenK);
-                TileMath.ToLogits(s.P, Br, row0, col0, seqlenQ, seqlenK, settings, slope, fullyVisible, settings.Softcap > 0f ? s.Tanh : null);
-                for (int r = 0; r < Br; r++)
+                if (FusedBackwardRow.AppliesToP(settings, slope, fullyVisible))
                 {
-                    var p = new Span<float>(s.P + r * Bc, Bc);
-                    TensorPrimitives.Subtract(p, lseTile[r], p);
-                    TensorPrimitives.Exp(p, p); // LSE = +inf (padded or fully masked row) gives 0
+                    for (int r = 0; r < Br; r++) FusedBackwardRow.Probabilities(s.P + r * Bc, settings.Scale, lseTile[r]);
+                }
+                else
+                {
+                    TileMath.ToLogits(s.P, Br, row0, col0, seqlenQ, seqlenK, settings, slope, fullyVisible, settings.Softcap > 0f ? s.Tanh : null);
+                    for (int r = 0; r < Br; r++)
+                    {
+                        var p = new Span<float>(s.P + r * Bc, Bc);
+                        TensorPrimitives.Subtract(p, lseTile[r], p);
+                        TensorPrimitives.Exp(p, p); // LSE = +inf (padded or fully masked row) gives 0
+                    }
                 }
 
                 // Dropout: the PV product used Pd = P * keep / (1 - p); regenerate the same keep mask.
@@ -128,19 +135,26 @@ internal static unsafe class CpuBackward
 
                 // dP = dO V^T;  dS = P * (keep * dP - D) * dlogit/dS
                 TileGemm.Multiply(dOutTile, dp, s.VT, Bc, s.DS, Bc, Br, Bc, dp, GemmInit.Overwrite);
-                for (int r = 0; r < Br; r++)
+                if (FusedBackwardRow.AppliesToDs(settings))
                 {
-                    var ds = new Span<float>(s.DS + r * Bc, Bc);
-                    if (settings.Dropout.Enabled) TensorPrimitives.Multiply(ds, new ReadOnlySpan<float>(s.Keep + r * Bc, Bc), ds);
-                    TensorPrimitives.Subtract(ds, deltaTile[r], ds);
-                    TensorPrimitives.Multiply(ds, new ReadOnlySpan<float>(s.P + r * Bc, Bc), ds);
-                    if (settings.Softcap > 0f)
+                    for (int r = 0; r < Br; r++) FusedBackwardRow.ScoreGradient(s.DS + r * Bc, s.P + r * Bc, deltaTile[r], settings.Scale);
+                }
+                else
+                {
+                    for (int r = 0; r < Br; r++)
                     {
-                        // logit = cap * tanh(scale * S / cap)  =>  dlogit/dS = scale * (1 - tanh^2)
-                        var t = new ReadOnlySpan<float>(s.Tanh + r * Bc, Bc);
-                        for (int c = 0; c < Bc; c++) ds[c] *= 1f - t[c] * t[c];
+                        var ds = new Span<float>(s.DS + r * Bc, Bc);
+                        if (settings.Dropout.Enabled) TensorPrimitives.Multiply(ds, new ReadOnlySpan<float>(s.Keep + r * Bc, Bc), ds);
+                        TensorPrimitives.Subtract(ds, deltaTile[r], ds);
+                        TensorPrimitives.Multiply(ds, new ReadOnlySpan<float>(s.P + r * Bc, Bc), ds);
+                        if (settings.Softcap > 0f)
+                        {
+                            // logit = cap * tanh(scale * S / cap)  =>  dlogit/dS = scale * (1 - tanh^2)
+                            var t = new ReadOnlySpan<float>(s.Tanh + r * Bc, Bc);
+                            for (int c = 0; c < Bc; c++) ds[c] *= 1f - t[c] * t[c];
+                        }
+                        TensorPrimitives.Multiply(ds, settings.Scale, ds);
                     }
-                    TensorPrimitives.Multiply(ds, settings.Scale, ds);
                 }
 
                 // dK += dS^T Q ;  dQ += dS K
