@@ -11,7 +11,9 @@
 # Usage (a device call carrying artifacts/carry, after scripts/publish-device.sh):
 #   bash scripts/sanitize.sh [tool ...]            default: all four tools over all workloads
 #   WORKLOADS="check" LIMIT_S=120 bash scripts/sanitize.sh racecheck
-# Writes $OUT/sanitizer/<tool>-<workload>.log and summary.md (one row per run: errors reported, exit code, seconds).
+# Writes $OUT/sanitizer/<tool>-<workload>.log, <tool>-<workload>.kernels (the variants that run loaded, from
+# FLASHATTN_KERNEL_LOG), <tool>-variants.txt (their union per tool) and summary.md (one row per run: errors reported,
+# exit code, seconds, variants loaded).
 # A run counts as clean only when the sanitizer's summary line reports 0 errors (0 hazards for racecheck) and the
 # program exited 0.
 set -uo pipefail
@@ -60,8 +62,8 @@ summary="$out/summary.md"
   echo
   echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader), $("$sanitizer" --version | tail -1)"
   echo
-  echo "| tool | workload | errors reported | exit code | seconds | verdict |"
-  echo "|---|---|---:|---:|---:|---|"
+  echo "| tool | workload | errors reported | exit code | seconds | variants loaded | verdict |"
+  echo "|---|---|---:|---:|---:|---:|---|"
 } > "$summary"
 status=0
 for tool in "${tools[@]}"; do
@@ -70,9 +72,15 @@ for tool in "${tools[@]}"; do
   [ "$tool" = racecheck ] && extra=(--racecheck-report all)
   for w in "${workloads[@]}"; do
     log="$out/$tool-$w.log"
+    kernels="$out/$tool-$w.kernels"
+    rm -f "$kernels"
     start=$SECONDS
     # shellcheck disable=SC2046
-    timeout --signal=INT --kill-after=20 "$limit" "$sanitizer" --tool "$tool" "${extra[@]}" --print-limit 50 \
+    # initcheck does not see cuBLAS's stores into the unfused baseline's score and dP buffers: zero them first (memsets
+    # it does track) so that run reports only reads of memory nothing wrote (Cuda/Unfused/SanitizerScoreFill.cs).
+    zero_scores=0
+    [ "$tool" = initcheck ] && [ "$w" = unfused ] && zero_scores=1
+    FLASHATTN_UNFUSED_ZERO_SCORES=$zero_scores FLASHATTN_KERNEL_LOG="$kernels" timeout --signal=INT --kill-after=20 "$limit" "$sanitizer" --tool "$tool" "${extra[@]}" --print-limit 50 \
       --target-processes all $(workload_command "$w") > "$log" 2>&1
     rc=$?
     secs=$((SECONDS - start))
@@ -83,10 +91,18 @@ for tool in "${tools[@]}"; do
     elif [ -z "$errors" ]; then verdict="no summary printed"; status=1
     elif [ "$errors" = 0 ] && [ $rc -eq 0 ]; then verdict=clean
     else verdict=REPORTS; status=1; fi
-    echo "| $tool | $w | ${errors:--} | $rc | $secs | $verdict |" >> "$summary"
+    variants=$( [ -f "$kernels" ] && sort -u "$kernels" | awk '{print $1}' | sort -u | wc -l || echo 0)
+    echo "| $tool | $w | ${errors:--} | $rc | $secs | $variants | $verdict |" >> "$summary"
     echo "$tool/$w: ${errors:-?} errors, exit $rc, ${secs}s, $verdict"
     grep -E "^========= (Invalid|Race|Barrier|Uninitialized|Error|Program hit|Warning)" "$log" | sort | uniq -c | sort -rn | head -8
   done
+  cat "$out/$tool"-*.kernels 2>/dev/null | awk '{print $1}' | sort -u > "$out/$tool-variants.txt"
 done
+{
+  echo
+  echo "Distinct kernel variants loaded under each tool (all its workloads together):"
+  echo
+  for tool in "${tools[@]}"; do echo "- $tool: $(wc -l < "$out/$tool-variants.txt")"; done
+} >> "$summary"
 cat "$summary"
 exit $status

@@ -91,7 +91,7 @@ public sealed class VarlenTests
             float[] qf = Precision<T>.ToFloats(qs), kf = Precision<T>.ToFloats(ks), vf = Precision<T>.ToFloats(vs);
             var naiveForward = ReferenceAttention.Forward(shape, sequence, qf, kf, vf, Precision<T>.OperandRounding);
             var stored = Array.ConvertAll(naiveForward.Output, x => Precision<T>.ToFloat(Precision<T>.FromFloat(x)));
-            var rNaive = ReferenceAttention.Backward(shape, sequence, qf, kf, vf, Precision<T>.ToFloats(dos), stored, Precision<T>.OperandRounding);
+            var rNaive = ReferenceAttention.Backward(shape, sequence, qf, kf, vf, Precision<T>.ToFloats(dos), stored, Precision<T>.OperandRounding, probabilitiesFromLse: true);
 
             r64.Forward.Output.CopyTo(o64, cuQ[s] * hq * d);
             Precision<T>.RoundThrough(naiveForward.Output).CopyTo(oNaive, cuQ[s] * hq * d);

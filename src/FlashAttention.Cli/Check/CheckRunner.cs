@@ -54,7 +54,7 @@ internal static class CheckRunner
         try
         {
             var grads = path.Backward(dOutT, qt, kt, vt, result.Output, result.LogSumExp, c.Options, result.DropoutState, ct);
-            var naive = ReferenceAttention.Backward(shape, settings, qf, kf, vf, Floats(dOut), storedOutput, roundOperand);
+            var naive = ReferenceAttention.Backward(shape, settings, qf, kf, vf, Floats(dOut), storedOutput, roundOperand, probabilitiesFromLse: true);
             backward = new(c, "bwd", path.Name,
             [
                 TensorCheck.Compare("dQ", Doubles(grads.DQ), ref64.DQ, RoundThrough(naive.DQ, type), floor),

@@ -33,6 +33,7 @@ internal static class BenchCommand
                 "and the CPU bench's (impl torch-cpu, PyTorch SDPA on CPU tensors with one thread per logical core) torch_cpu.py.",
         };
         var noUnfused = new Option<bool>("--no-unfused") { Description = "GPU: leave out the unfused (materialised) baseline." };
+        var features = List("--features", "GPU: run only these feature rows (softcap, alibi, dropout, gqa, packed-qkv, window, varlen), with their baselines (default all).");
         var noFeatures = new Option<bool>("--no-features") { Description = "GPU: leave out the feature-overhead rows (softcap, ALiBi, dropout, GQA, packed QKV, windows, varlen)." };
         var noDecode = new Option<bool>("--no-decode") { Description = "GPU: leave out the KV-cache decoding rows (bf16, h32/kv8, d128, batch 1-64, cache 1k-128k; --quick leaves them out too)." };
         var decodeSplits = new Option<int?>("--decode-splits") { HelpName = "splits", Description = "GPU: KV-cache splits for the decoding rows (KvCacheOptions.NumSplits; default 0 = the library's choice), for tuning." };
@@ -41,7 +42,7 @@ internal static class BenchCommand
         var command = new Command("bench", "Benchmark the attention paths over a sweep of shapes; write results JSON and a PNG plot.")
         {
             dtype, seqlens, headdims, batch, heads, causal, modes, repeats, naiveMax, quick, output, plot, cpu, cpuPeerShapes, peers, noUnfused,
-            noFeatures, noDecode, decodeOnly, decodeSplits,
+            features, noFeatures, noDecode, decodeOnly, decodeSplits,
         };
         command.SetGuardedAction((parseResult, ct) =>
         {
@@ -86,7 +87,8 @@ internal static class BenchCommand
                     Features: !isQuick && !parseResult.GetValue(noFeatures),
                     Decode: !isQuick && !parseResult.GetValue(noDecode),
                     DecodeOnly: onlyDecode,
-                    DecodeSplits: parseResult.GetValue(decodeSplits) ?? 0);
+                    DecodeSplits: parseResult.GetValue(decodeSplits) ?? 0,
+                    FeatureFilter: Tokens(features) is { } f ? BenchSettings.ParseNames(f, "--features", Gpu.FeatureCase.Features) : null);
                 return Gpu.GpuBenchRun.Execute(gpu.Device, gpuSettings, ct);
             }
             if (onlyDecode)

@@ -12,9 +12,10 @@ namespace FlashAttn.Cli.Gpu;
 /// </summary>
 internal static class FeatureBench
 {
-    public static List<BenchRow> Run(CudaDevice device, CudaStream stream, IReadOnlyList<string> modes, string run, CancellationToken ct)
+    public static List<BenchRow> Run(CudaDevice device, CudaStream stream, IReadOnlyList<string> modes, string run, CancellationToken ct,
+        IReadOnlyList<string>? only = null)
     {
-        var cases = FeatureCase.Standard(modes).ToList();
+        var cases = FeatureCase.Standard(modes).Where(c => only is null || c.Feature == "none" || only.Contains(c.Feature)).ToList();
         var rows = new List<BenchRow>();
         var random = new Random(4321);
         AnsiConsole.Progress().AutoClear(true)

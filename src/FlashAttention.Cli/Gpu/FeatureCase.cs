@@ -60,6 +60,9 @@ internal sealed record FeatureCase(string Feature, string Dtype, int Batch, int 
         return pairs;
     }
 
+    /// <summary>The features the bench measures against their baseline ("none"), as `--features` names them.</summary>
+    public static readonly string[] Features = ["softcap", "alibi", "dropout", "gqa", "packed-qkv", "window", "varlen"];
+
     /// <summary>The rows of the feature bench at 16k tokens and hidden 2048 (DESIGN.md's sweep), bf16.</summary>
     public static IEnumerable<FeatureCase> Standard(IEnumerable<string> modes)
     {

@@ -18,9 +18,10 @@ internal static class GpuBenchRun
     /// <param name="Decode">Also run the decoding rows (after the feature rows).</param>
     /// <param name="DecodeOnly">Run only the decoding rows and their peers: no sweep, seed shape, feature rows or plot.</param>
     /// <param name="DecodeSplits">KvCacheOptions.NumSplits of the decoding rows (0: automatic).</param>
+    /// <param name="FeatureFilter">Only these features' rows (with their "none" baselines); null runs them all.</param>
     public sealed record Settings(IReadOnlyList<string> Dtypes, IReadOnlyList<int> HeadDims, IReadOnlyList<int> Seqlens, IReadOnlyList<bool> Causal,
         IReadOnlyList<string> Modes, string? OutputDirectory, string? PlotPath, string PeerScript, bool Unfused, bool SeedMemory, bool Features = false,
-        bool Decode = false, bool DecodeOnly = false, int DecodeSplits = 0);
+        bool Decode = false, bool DecodeOnly = false, int DecodeSplits = 0, IReadOnlyList<string>? FeatureFilter = null);
 
     public static int Execute(CudaDevice device, Settings settings, CancellationToken ct)
     {
@@ -58,7 +59,7 @@ internal static class GpuBenchRun
         }
 
         foreach (var note in skipped) AnsiConsole.MarkupLine($"[yellow]skipped:[/] {Markup.Escape(note)}");
-        var featureRows = settings.Features && !settings.DecodeOnly ? FeatureBench.Run(device, stream, settings.Modes, run, ct) : [];
+        var featureRows = settings.Features && !settings.DecodeOnly ? FeatureBench.Run(device, stream, settings.Modes, run, ct, settings.FeatureFilter) : [];
         var decodeRows = settings.Decode || settings.DecodeOnly ? Decode(device, stream, settings, run, ct) : [];
         if (cases.Count > 0)
         {

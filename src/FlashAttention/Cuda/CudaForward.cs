@@ -17,7 +17,8 @@ internal static class CudaForward
     {
         if (shape.Batch == 0 || shape.MaxSeqlenQ == 0 || shape.HeadsQ == 0) return;
         bool bf16 = typeof(T) == typeof(BFloat16);
-        var variant = ForwardVariant.For(shape.HeadDim, bf16, settings.Dropout.Enabled, settings.Softcap > 0f, settings.AlibiSlopes is not null);
+        var variant = ForwardVariant.For(shape.HeadDim, bf16, settings.Dropout.Enabled, settings.Softcap > 0f, settings.AlibiSlopes is not null,
+            ForwardVariant.IsNarrowWindow(settings.WindowLeft, settings.WindowRight));
         var kernel = KernelLibrary.Get(device, "flash_fwd.cu", ForwardVariant.KernelName, variant.Name, variant.CompilerDefines);
         kernel.SetMaxDynamicSharedMemory(variant.SharedMemoryBytes);
 

@@ -20,19 +20,36 @@ internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int Bloc
 {
     public const string KernelName = "flash_fwd_kernel";
 
-    public static ForwardVariant For(int headDim, bool bfloat16, bool dropout = false, bool softcap = false, bool alibi = false) => (BucketOf(headDim) switch
+    public static ForwardVariant For(int headDim, bool bfloat16, bool dropout = false, bool softcap = false, bool alibi = false,
+        bool narrowWindow = false) => (BucketOf(headDim) switch
     {
+        // A narrow window's key range slides with the query block, so a 128-row block computes about 128 more keys per row
+        // than its rows see; 64-row blocks of two warps (32 rows each, as before) halve that waste. Measured at head dim 64
+        // only: at 128 the same tiling (four warps of 16 rows) gained at (256, 0) and lost elsewhere (bench/NOTES.md).
+        64 when narrowWindow => new ForwardVariant(64, bfloat16, BlockM: 64, BlockN: 64, Warps: 2, RollQk: false),
         64 => new ForwardVariant(64, bfloat16, BlockM: 128, BlockN: 64, Warps: 4, RollQk: false),
         128 => new ForwardVariant(128, bfloat16, BlockM: 128, BlockN: 32, Warps: 4, RollQk: false),
         192 => new ForwardVariant(192, bfloat16, BlockM: 128, BlockN: 64, Warps: 8, RollQk: true),
         _ => new ForwardVariant(256, bfloat16, BlockM: 128, BlockN: 64, Warps: 8, RollQk: false),
     }) with { Dropout = dropout, Softcap = softcap, Alibi = alibi };
 
+    /// <summary>Windows spanning at most this many keys (left + right + 1) take the narrow-window tiling;
+    /// FLASHATTN_FWD_NARROW_SPAN overrides it (0 turns it off), for tuning.</summary>
+    public static readonly int NarrowWindowSpan =
+        int.TryParse(Environment.GetEnvironmentVariable("FLASHATTN_FWD_NARROW_SPAN"), out int span) && span >= 0 ? span : 1100;
+
+    /// <summary>Whether a (left, right) window, both sides bounded, is narrow enough for the narrow-window tiling.</summary>
+    public static bool IsNarrowWindow(int windowLeft, int windowRight) =>
+        windowLeft >= 0 && windowRight >= 0 && (long)windowLeft + windowRight + 1 <= NarrowWindowSpan;
+
+    /// <summary>Name suffix of the narrow-window tiling.</summary>
+    private string TilingTag => BlockM == 128 ? "" : $"_m{BlockM}";
+
     public static int BucketOf(int headDim) => headDim <= 64 ? 64 : headDim <= 128 ? 128 : headDim <= 192 ? 192 : 256;
 
     /// <summary>flash-attn style name, e.g. flash_fwd_hdim128_bf16.</summary>
     public string Name =>
-        $"flash_fwd_hdim{HeadDimBucket}_{(BFloat16 ? "bf16" : "fp16")}{(Dropout ? "_dropout" : "")}{(Softcap ? "_softcap" : "")}{(Alibi ? "_alibi" : "")}";
+        $"flash_fwd_hdim{HeadDimBucket}{TilingTag}_{(BFloat16 ? "bf16" : "fp16")}{(Dropout ? "_dropout" : "")}{(Softcap ? "_softcap" : "")}{(Alibi ? "_alibi" : "")}";
 
     /// <summary>Q, K and V tiles in 16-bit elements.</summary>
     public int SharedMemoryBytes => (BlockM + 2 * BlockN) * HeadDimBucket * 2;

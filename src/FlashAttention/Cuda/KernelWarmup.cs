@@ -8,7 +8,7 @@ public static class KernelWarmup
     /// <summary>One compiled variant: its name, registers per thread, spilled bytes, and the time it took.</summary>
     public sealed record Variant(string Name, int Registers, int LocalBytes, double Milliseconds);
 
-    /// <summary>Forward and backward kernels for every head-dim bucket in fp16 and bf16, plus the head-copy kernel, compiled in parallel.</summary>
+    /// <summary>Forward (with the narrow-window tiling) and backward kernels for every head-dim bucket in fp16 and bf16, plus the head-copy kernel, compiled in parallel.</summary>
     public static IReadOnlyList<Variant> Run(CudaDevice device)
     {
         var jobs = new List<(string File, string Kernel, string Name, IReadOnlyList<string> Defines)>
@@ -18,8 +18,12 @@ public static class KernelWarmup
         foreach (int bucket in new[] { 64, 128, 192, 256 })
             foreach (bool bf16 in new[] { false, true })
             {
-                var variant = ForwardVariant.For(bucket, bf16);
-                jobs.Add(("flash_fwd.cu", ForwardVariant.KernelName, variant.Name, variant.CompilerDefines));
+                foreach (bool narrow in new[] { false, true })
+                {
+                    var variant = ForwardVariant.For(bucket, bf16, narrowWindow: narrow);
+                    if (!narrow || variant != ForwardVariant.For(bucket, bf16))   // the narrow-window tiling exists at head dim 64 only
+                        jobs.Add(("flash_fwd.cu", ForwardVariant.KernelName, variant.Name, variant.CompilerDefines));
+                }
             }
         foreach (int bucket in new[] { 64, 128, 192, 256 })
             foreach (bool bf16 in new[] { false, true })

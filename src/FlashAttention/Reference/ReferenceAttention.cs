@@ -161,9 +161,14 @@ internal static class ReferenceAttention
     /// Gradients of sum(O * dO) with respect to q, k, v. D = rowsum(dO * O) uses <paramref name="outputForDelta"/> when given
     /// (a baseline that, like the fused kernels, reads a stored output rounded to its element type), else this forward's O.
     /// A non-null <c>roundOperand</c> rounds P and dS before their products, as an unfused 16-bit computation stores them.
+    /// <paramref name="probabilitiesFromLse"/> recomputes P as exp(logit - LSE) from the row's log-sum-exp held in TReal, as a
+    /// FlashAttention backward recomputes it from the stored fp32 LSE: at |LSE| ~ 1e4 that rounding (half an ulp of |LSE|,
+    /// 4.9e-4 at 1.2e4 in fp32) is as large as fp16's own, so a baseline that normalises exactly would understate what the
+    /// algorithm can reach there.
     /// </summary>
     public static ReferenceGradients<TReal> Backward<TReal>(ReferenceShape shape, ReferenceSettings settings,
-        TReal[] q, TReal[] k, TReal[] v, TReal[] dOut, TReal[]? outputForDelta = null, Func<TReal, TReal>? roundOperand = null)
+        TReal[] q, TReal[] k, TReal[] v, TReal[] dOut, TReal[]? outputForDelta = null, Func<TReal, TReal>? roundOperand = null,
+        bool probabilitiesFromLse = false)
         where TReal : IFloatingPointIeee754<TReal>
     {
         CheckLengths(shape, q, k, v);
@@ -186,7 +191,7 @@ internal static class ReferenceAttention
                 int hk = h / shape.GroupSize;
                 for (int i = 0; i < sq; i++)
                 {
-                    SoftmaxRow(shape, settings, mask, q, k, b, h, i, rowP, rowT, rowKeep);
+                    SoftmaxRow(shape, settings, mask, q, k, b, h, i, rowP, rowT, rowKeep, probabilitiesFromLse);
                     int qBase = QIndex(shape, b, i, h, 0);
                     TReal delta = TReal.Zero;
                     for (int c = 0; c < d; c++) delta += dOut[qBase + c] * o[qBase + c];
@@ -221,10 +226,11 @@ internal static class ReferenceAttention
 
     /// <summary>
     /// One softmax row: fills P (0 where hidden), tanh(scale * S / cap) when soft-capping, and keep / (1 - p)
-    /// (0 where dropped, 1 without dropout). Returns the log-sum-exp, +inf when no key is visible.
+    /// (0 where dropped, 1 without dropout). Returns the log-sum-exp, +inf when no key is visible. With
+    /// <paramref name="fromLse"/>, P = exp(x - LSE) instead of exp(x - max) / sum.
     /// </summary>
     private static TReal SoftmaxRow<TReal>(ReferenceShape shape, ReferenceSettings settings, DropoutMask? mask, TReal[] q, TReal[] k,
-        int b, int h, int i, TReal[] rowP, TReal[] rowT, TReal[] rowKeep) where TReal : IFloatingPointIeee754<TReal>
+        int b, int h, int i, TReal[] rowP, TReal[] rowT, TReal[] rowKeep, bool fromLse = false) where TReal : IFloatingPointIeee754<TReal>
     {
         int sq = shape.SeqlenQ, sk = shape.SeqlenK, d = shape.HeadDim, hk = h / shape.GroupSize;
         int globalBatch = settings.BatchOffset + b;
@@ -268,17 +274,14 @@ internal static class ReferenceAttention
             return TReal.PositiveInfinity;
         }
         TReal sum = TReal.Zero;
+        for (int j = 0; j < sk; j++) sum += TReal.Exp(rowP[j] - max); // exp(-inf) = 0 for hidden keys
+        TReal lse = max + TReal.Log(sum);
         for (int j = 0; j < sk; j++)
         {
-            rowP[j] = TReal.Exp(rowP[j] - max); // exp(-inf) = 0 for hidden keys
-            sum += rowP[j];
-        }
-        for (int j = 0; j < sk; j++)
-        {
-            rowP[j] /= sum;
+            rowP[j] = fromLse ? TReal.Exp(rowP[j] - lse) : TReal.Exp(rowP[j] - max) / sum;
             rowKeep[j] = mask is { } m ? (m.IsKept(globalBatch, h, i, j) ? keepScale : TReal.Zero) : TReal.One;
         }
-        return max + TReal.Log(sum);
+        return lse;
     }
 
     private static DropoutMask? DropoutFor(ReferenceSettings settings) =>

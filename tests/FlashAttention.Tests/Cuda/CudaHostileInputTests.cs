@@ -17,20 +17,8 @@ public sealed class CudaHostileInputTests
     /// <summary>0x5555 is 85.3 in fp16, 1.5e13 in bf16 and fp32: finite, nonzero and unlike any result.</summary>
     private const byte Sentinel = 0x55;
 
-    /// <summary>Every forward case but "scores-overflow" (see <see cref="ScoresPastTheFp32RangePoisonOnlyTheirRows"/>).</summary>
-    public static TheoryData<string, Dtype> ForwardCases()
-    {
-        var data = new TheoryData<string, Dtype>();
-        foreach (var row in HostileCases.Data(backward: false, Dtype.Fp16, Dtype.Bf16))
-            if (row.Data.Item1 != "scores-overflow") data.Add(row.Data.Item1, row.Data.Item2);
-        return data;
-    }
-
-    /// <summary>Scores of 1e40 in one row (bf16 q and k of 1e20) and of ~1e20 in the other rows of its kv group: on the H100 the
-    /// GPU turns those other rows into NaN as well, where the CPU path keeps them finite (the skip reason says why). Not fixed
-    /// yet; docs/TEST-MATRIX.md lists it.</summary>
-    [Fact(Skip = "Known GPU gap (H100 runs 2026-11-25T11:47Z, 12:50Z): with scores of 1e20 the kernels' P = exp2(S c - fl(m c)) is 2^r, r the rounding residual of m c (up to 4e12 here), which overflows; a per-warp exact path fixed it but cost 10% of forward speed and made neighbouring rows differ in the last bit, so it was reverted; see docs/TEST-MATRIX.md")]
-    public void ScoresPastTheFp32RangePoisonOnlyTheirRows() => Forward<BFloat16>(HostileCases.All["scores-overflow"]);
+    /// <summary>Every forward case at fp16 and bf16 (HostileCases.Data: "scores-overflow" is bf16 only).</summary>
+    public static TheoryData<string, Dtype> ForwardCases() => HostileCases.Data(backward: false, Dtype.Fp16, Dtype.Bf16);
 
     public static TheoryData<string, Dtype> BackwardCases() => HostileCases.Data(backward: true, Dtype.Fp16, Dtype.Bf16);
 
@@ -75,9 +63,11 @@ public sealed class CudaHostileInputTests
         HostileInputs.AssertSameSpecialValues("dV", cpu.DV, gpu.DV, cpu.Expected.DV, HostileInputs.KvPosition(c.Problem), context);
     }
 
-    private const string ExtremeLogitsLimit = "Known GPU limit (H100 runs 2026-11-25 12:09Z, 12:15Z): backward recomputes P = exp2(S c - LSE2) from " +
-        "the fp32 LSE, whose rounding (|LSE| 2^-24) becomes P's relative error: past logits of about 6e3 (fp16) and 1.2e4 (bf16) random " +
-        "seeds land up to 2x outside the rule's bound (flash-attn reads the same fp32 LSE); see docs/TEST-MATRIX.md, rule 10";
+    private const string Fp16BackwardLimit = "Known GPU limit (H100, 2026-11-25 14:05Z-14:30Z, about 50 runs): at fp16 logits up to 1.2e4 about " +
+        "one seed in ten puts dK 1.4-3x past the rule's bound. Both sides round dS to fp16 before dK = dS^T Q, whose terms (q = +-1024 m " +
+        "in every column) cancel, so that rounding is likely to dominate both errors (not proven); neither splitting LSE*log2(e) into hi + lo in the kernel " +
+        "nor a baseline that recomputes P from its fp32 LSE changed the rate. Up to 6e3 (fp16) and 2.5e4 (bf16) the GPU meets the rule " +
+        "(those cases run); the CPU path keeps dS in fp32 and meets it at 1.2e4. docs/TEST-MATRIX.md, rule 10";
 
     /// <summary>Large exact logits of magnitude up to 3 * 2^log2 (2.5e4 at 2^13, the "scores around 1e4"; 2e5 at 2^16,
     /// the largest fp16 holds exactly): forward against the reference, as on the CPU path.</summary>
@@ -100,12 +90,12 @@ public sealed class CudaHostileInputTests
     [Theory]
     [InlineData(Dtype.Fp16, false, 11)]
     [InlineData(Dtype.Fp16, true, 11)]
-    [InlineData(Dtype.Fp16, false, LargeScores.BackwardLog2Magnitude, Skip = ExtremeLogitsLimit)]
-    [InlineData(Dtype.Fp16, true, LargeScores.BackwardLog2Magnitude, Skip = ExtremeLogitsLimit)]
+    [InlineData(Dtype.Fp16, false, LargeScores.BackwardLog2Magnitude, Skip = Fp16BackwardLimit)]
+    [InlineData(Dtype.Fp16, true, LargeScores.BackwardLog2Magnitude, Skip = Fp16BackwardLimit)]
     [InlineData(Dtype.Bf16, false, 12)]
     [InlineData(Dtype.Bf16, true, 12)]
-    [InlineData(Dtype.Bf16, false, 13, Skip = ExtremeLogitsLimit)]
-    [InlineData(Dtype.Bf16, true, 13, Skip = ExtremeLogitsLimit)]
+    [InlineData(Dtype.Bf16, false, 13)]
+    [InlineData(Dtype.Bf16, true, 13)]
     public void LargeLogitsBackwardMatchesReference(Dtype dtype, bool causal, int log2Magnitude)
     {
         GpuRequirement.SkipIfUnavailable();

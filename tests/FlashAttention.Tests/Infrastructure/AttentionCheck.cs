@@ -6,6 +6,7 @@ namespace FlashAttn.Tests.Infrastructure;
 /// Runs the library on random inputs and checks it against the float64 reference with the tolerance rule,
 /// the naive baseline being the same reference run in fp32 on the rounded inputs, with P and dS rounded to P before their
 /// products (as an unfused computation in P stores them, and as flash-attn's own tests build their baseline) and outputs rounded to P.
+/// Its backward recomputes P from its own fp32 log-sum-exp, as every FlashAttention backward does (TEST-MATRIX rule 10).
 /// </summary>
 internal static class AttentionCheck
 {
@@ -75,7 +76,7 @@ internal static class AttentionCheck
         var naiveOutput = ReferenceAttention.Forward(problem.Shape, settings, qf, kf, vf, Precision<T>.OperandRounding).Output;
         var storedOutput = Array.ConvertAll(naiveOutput, x => Precision<T>.ToFloat(Precision<T>.FromFloat(x)));
         var naive = ReferenceAttention.Backward(problem.Shape, settings, qf, kf, vf, Precision<T>.ToFloats(inputs.DOut), storedOutput,
-            Precision<T>.OperandRounding);
+            Precision<T>.OperandRounding, probabilitiesFromLse: true);
 
         Assert.Equal(problem.QLengths, grads.DQ.Lengths.ToArray());
         Assert.Equal(problem.KvLengths, grads.DK.Lengths.ToArray());

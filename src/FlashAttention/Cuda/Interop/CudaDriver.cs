@@ -43,6 +43,7 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(Library)] internal static partial CudaResult cuMemcpyDtoDAsync_v2(ulong destination, ulong source, nuint byteCount, nint stream);
     [LibraryImport(Library)] internal static partial CudaResult cuMemsetD8_v2(ulong destination, byte value, nuint count);
     [LibraryImport(Library)] internal static partial CudaResult cuMemsetD32Async(ulong destination, uint value, nuint count, nint stream);
+    [LibraryImport(Library)] internal static partial CudaResult cuMemsetD8Async(ulong destination, byte value, nuint count, nint stream);
     [LibraryImport(Library)] internal static partial CudaResult cuMemGetInfo_v2(out nuint free, out nuint total);
     [LibraryImport(Library)] internal static partial CudaResult cuPointerGetAttribute(void* data, CuPointerAttribute attribute, ulong pointer);
 

@@ -76,6 +76,7 @@ internal static class UnfusedAttention
         var scores = DeviceMemory.Allocate(device, layout.ScoreBytes); // throws CudaOutOfMemoryException with the request and free memory
         try
         {
+            SanitizerScoreFill.ZeroIfRequested(scores, stream);
             var s = layout.Scores(scores.Pointer);
             if (seqlenK > 0) // S (sk x sq, column-major) = K'^T Q' where Q' = Q^T (d x sq) and K' = K^T (d x sk) are the column-major views
                 Gemms(device, stream, layout.QueryHeadGemms(), CublasOperation.T, CublasOperation.N, seqlenK, seqlenQ, dim,
@@ -142,6 +143,7 @@ internal static class UnfusedAttention
                 1f, dom, p, member == 0 ? 0f : 1f, dvm, dtype, "dV = P^T dO");
 
         using var gradients = DeviceMemory.Allocate(device, layout.ScoreBytes);
+        SanitizerScoreFill.ZeroIfRequested(gradients, stream);
         var ds = layout.Scores(gradients.Pointer);
         // dP (sq x sk) = dO V^T: column-major dP^T (sk x sq) = V'^T dO', as S = Q K^T in the forward.
         Gemms(device, stream, layout.QueryHeadGemms(), CublasOperation.T, CublasOperation.N, seqlenK, seqlenQ, dim,
