@@ -6,14 +6,17 @@
 #             paged caches, hostile numbers, deterministic backward, threads and streams), small shapes
 #   race    - racecheck's share of `tests` (racecheck over all of it takes more than 8 minutes): what `check` does not launch,
 #             varlen, returned probabilities, deterministic and wide-head-dim backward, split-KV decode with paged caches
+#   variants - CudaEveryVariantTests: every compile-time kernel variant the library can launch (each bucket, element type
+#             and combination of dropout, softcap, ALiBi and deterministic dQ; the narrow-window tiling; decode with each
+#             score option), once each on a small shape
 #   unfused - the unfused baseline (cuBLAS GEMMs + our softmax kernels), apart because its S and dP matrices are written
 #             by cuBLAS; its one deliberate out-of-memory case is left out (memcheck counts the refused cuMemAlloc)
 # Usage (a device call carrying artifacts/carry, after scripts/publish-device.sh):
 #   bash scripts/sanitize.sh [tool ...]            default: all four tools over all workloads
 #   WORKLOADS="check" LIMIT_S=120 bash scripts/sanitize.sh racecheck
-# Writes $OUT/sanitizer/<tool>-<workload>.log, <tool>-<workload>.kernels (the variants that run loaded, from
+# Writes $OUT/sanitizer/<tool>-<workload>.log, <tool>-<workload>.kernels (the kernels that run launched, from
 # FLASHATTN_KERNEL_LOG), <tool>-variants.txt (their union per tool) and summary.md (one row per run: errors reported,
-# exit code, seconds, variants loaded).
+# exit code, seconds, variants launched).
 # A run counts as clean only when the sanitizer's summary line reports 0 errors (0 hazards for racecheck) and the
 # program exited 0.
 set -uo pipefail
@@ -31,7 +34,7 @@ export DOTNET_gcServer=0
 
 tools=("$@")
 [ ${#tools[@]} -gt 0 ] || tools=(memcheck racecheck synccheck initcheck)
-read -r -a workloads <<< "${WORKLOADS:-check tests unfused}"
+read -r -a workloads <<< "${WORKLOADS:-check tests variants unfused}"
 limit=${LIMIT_S:-240}
 classes=(CudaForwardTests CudaBackwardTests CudaVarlenTests CudaDropoutTests CudaScoreModifierTests CudaProbabilitiesTests
          CudaKvCacheTests CudaKvCacheAttentionTests CudaHostileInputTests CudaConcurrencyTests)
@@ -50,6 +53,7 @@ workload_command() {
             -method "FlashAttn.Tests.Cuda.CudaBackwardTests.DeterministicModeGivesBitwiseIdenticalGradients" \
             -method "FlashAttn.Tests.Cuda.CudaBackwardTests.WideHeadDimsHandleWindowsDropoutAndDeterminism" \
             -method "FlashAttn.Tests.Cuda.CudaKvCacheTests.MatchesReference" ;;
+    variants) echo artifacts/device/tests/FlashAttention.Tests -noColor -class FlashAttn.Tests.Cuda.CudaEveryVariantTests ;;
     unfused) echo artifacts/device/tests/FlashAttention.Tests -noColor -class FlashAttn.Tests.Cuda.UnfusedAttentionTests \
                -method- FlashAttn.Tests.Cuda.UnfusedAttentionTests.ScoreMatrixThatDoesNotFitThrowsOutOfMemory ;;
     *) echo "unknown workload $1" >&2; return 1 ;;
@@ -62,7 +66,7 @@ summary="$out/summary.md"
   echo
   echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader), $("$sanitizer" --version | tail -1)"
   echo
-  echo "| tool | workload | errors reported | exit code | seconds | variants loaded | verdict |"
+  echo "| tool | workload | errors reported | exit code | seconds | variants launched | verdict |"
   echo "|---|---|---:|---:|---:|---:|---|"
 } > "$summary"
 status=0
@@ -100,7 +104,7 @@ for tool in "${tools[@]}"; do
 done
 {
   echo
-  echo "Distinct kernel variants loaded under each tool (all its workloads together):"
+  echo "Distinct kernel variants launched under each tool (all its workloads together):"
   echo
   for tool in "${tools[@]}"; do echo "- $tool: $(wc -l < "$out/$tool-variants.txt")"; done
 } >> "$summary"

@@ -9,8 +9,9 @@ internal static class WarmupCommand
 {
     public static Command Create()
     {
-        var command = new Command("warmup", "Compile the common CUDA kernel variants with NVRTC into the disk cache (FLASHATTN_CACHE_DIR).");
-        command.SetGuardedAction((_, _) =>
+        var all = new Option<bool>("--all") { Description = "Compile every variant the library can launch (each dropout, softcap, ALiBi and deterministic combination), not only the common ones." };
+        var command = new Command("warmup", "Compile the common CUDA kernel variants with NVRTC into the disk cache (FLASHATTN_CACHE_DIR).") { all };
+        command.SetGuardedAction((parseResult, _) =>
         {
             if (!CudaDevice.TryGetDefault(out var device, out string reason))
             {
@@ -19,7 +20,7 @@ internal static class WarmupCommand
             }
             AnsiConsole.MarkupLine($"Compiling for {Markup.Escape(device!.Name)} ({device.Architecture}) into {Markup.Escape(ModuleCache.Shared.CacheDirectory)}");
             var table = new Table().AddColumns("variant", "registers", "spilled bytes", "ms");
-            foreach (var v in KernelWarmup.Run(device))
+            foreach (var v in KernelWarmup.Run(device, parseResult.GetValue(all)))
                 table.AddRow(v.Name, v.Registers.ToString(), v.LocalBytes.ToString(), v.Milliseconds.ToString("0"));
             AnsiConsole.Write(table);
             return 0;

@@ -34,6 +34,9 @@ internal sealed unsafe class CudaKernel
     /// <summary>The kernel's (extern "C") name.</summary>
     public string Name { get; }
 
+    /// <summary>Set by the first launch, which <see cref="KernelUseLog"/> records.</summary>
+    private bool _launched;
+
     /// <summary>The variant it was compiled as, e.g. flash_fwd_hdim128_bf16.</summary>
     public string VariantName { get; }
 
@@ -120,6 +123,7 @@ internal sealed unsafe class CudaKernel
             if (result != CudaResult.Success)
                 CudaException.ThrowIfFailed(result,
                     $"cuLaunchKernel({VariantName}/{Name}, grid ({grid.X}, {grid.Y}, {grid.Z}), block ({block.X}, {block.Y}, {block.Z}), {sharedBytes} B dynamic shared)");
+            if (!_launched && !Interlocked.Exchange(ref _launched, true)) KernelUseLog.Record(VariantName, Name);
         }
         finally
         {

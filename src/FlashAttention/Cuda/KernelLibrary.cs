@@ -16,11 +16,6 @@ internal static class KernelLibrary
         var key = (device.Ordinal, sourceFile, kernelName, variantName, string.Join(' ', options));
         if (Kernels.TryGetValue(key, out var kernel)) return kernel;
         // Concurrent first calls may both reach the module cache; it compiles once and returns the same kernel to both.
-        return Kernels.GetOrAdd(key, _ =>
-        {
-            var compiled = ModuleCache.Shared.GetOrCompile(KernelSources.Load(sourceFile), kernelName, variantName, options, device);
-            KernelUseLog.Record(variantName, kernelName);
-            return compiled;
-        });
+        return Kernels.GetOrAdd(key, _ => ModuleCache.Shared.GetOrCompile(KernelSources.Load(sourceFile), kernelName, variantName, options, device));
     }
 }

@@ -1,9 +1,9 @@
 namespace FlashAttn.Cuda;
 
 /// <summary>
-/// With FLASHATTN_KERNEL_LOG set to a file path, every kernel the process loads (first use of a variant) appends one line
-/// "variant kernel" to that file. scripts/sanitize.sh uses it to record which variants each sanitizer run covered; unset,
-/// nothing is written.
+/// With FLASHATTN_KERNEL_LOG set to a file path, the first launch of every kernel (per loaded module) appends one line
+/// "variant kernel" to that file. scripts/sanitize.sh uses it to record which variants each sanitizer run launched (and so
+/// checked); unset, nothing is written.
 /// </summary>
 internal static class KernelUseLog
 {

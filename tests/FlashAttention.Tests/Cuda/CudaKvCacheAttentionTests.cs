@@ -138,7 +138,7 @@ public sealed class CudaKvCacheAttentionTests
         Assert.Contains("chunks", error.Message);
     }
 
-    private static AttentionResult<T> WholeCache<T>(Inputs<T> inputs, AttentionOptions options, KvCacheOptions cacheOptions) where T : unmanaged =>
+    internal static AttentionResult<T> WholeCache<T>(Inputs<T> inputs, AttentionOptions options, KvCacheOptions cacheOptions) where T : unmanaged =>
         DeviceInputs.Uploaded(inputs, (q, k, v) =>
         {
             using var output = CudaTensor<T>.Allocate(inputs.Problem.QLengths, q.Device);

@@ -1,0 +1,123 @@
+using FlashAttn.Cuda;
+using FlashAttn.Tests.Infrastructure;
+
+namespace FlashAttn.Tests.Cuda;
+
+/// <summary>
+/// Every compile-time kernel variant the library can launch, each once on a small odd shape against the float64 reference:
+/// forward and backward at every head-dim bucket and element type with each combination of dropout, softcap, ALiBi and
+/// deterministic dQ that validation accepts (dropout with softcap is rejected); the narrow-window forward tiling with each score option; the KV-cache decode kernel (with its split
+/// merge) with each of softcap and ALiBi. The fixture compiles them all in parallel first (KernelWarmup, every variant), so
+/// the cases time the kernels, not NVRTC. scripts/sanitize.sh runs this class under racecheck ("variants" workload).
+/// </summary>
+[Trait("Category", "Cuda")]
+public sealed class CudaEveryVariantTests(CudaEveryVariantTests.Compiled compiled) : IClassFixture<CudaEveryVariantTests.Compiled>
+{
+    /// <summary>Compiles every variant once for the class (nothing without a GPU: the cases then skip).</summary>
+    public sealed class Compiled
+    {
+        public Compiled()
+        {
+            if (CudaDevice.TryGetDefault(out var device, out _)) Variants = KernelWarmup.Run(device!, everyVariant: true).Count;
+        }
+
+        public int Variants { get; }
+    }
+
+    public static TheoryData<int, Dtype, bool, bool, bool, bool> FusedCases()
+    {
+        var data = new TheoryData<int, Dtype, bool, bool, bool, bool>();
+        foreach (int headDim in new[] { 64, 112, 176, 256 })   // one per bucket; 112 and 176 are zero-padded in shared memory
+            foreach (var dtype in new[] { Dtype.Fp16, Dtype.Bf16 })
+                foreach (bool dropout in new[] { false, true })
+                    foreach (bool softcap in new[] { false, true })
+                        foreach (bool alibi in new[] { false, true })
+                            foreach (bool deterministic in new[] { false, true })
+                                if (!(dropout && softcap))   // rejected together (as in flash-attn): no such variant runs
+                                    data.Add(headDim, dtype, dropout, softcap, alibi, deterministic);
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(FusedCases))]
+    public void ForwardAndBackwardMatchTheReference(int headDim, Dtype dtype, bool dropout, bool softcap, bool alibi, bool deterministic)
+    {
+        GpuRequirement.SkipIfUnavailable();
+        Assert.True(compiled.Variants > 0);
+        // Causal on half the cases (seqlen_q < seqlen_k: bottom-right aligned), GQA 2:1.
+        var problem = new Problem(1, 70, 90, 2, 1, headDim);
+        Check(dtype, problem, random => Options(random, headDim, problem.HeadsQ, dropout, softcap, alibi) with
+        {
+            Deterministic = deterministic, Causal = deterministic ^ softcap,
+        });
+    }
+
+    public static TheoryData<Dtype, bool, bool, bool> NarrowWindowCases()
+    {
+        var data = new TheoryData<Dtype, bool, bool, bool>();
+        foreach (var dtype in new[] { Dtype.Fp16, Dtype.Bf16 })
+            foreach (bool dropout in new[] { false, true })
+                foreach (bool softcap in new[] { false, true })
+                    foreach (bool alibi in new[] { false, true })
+                        if (!(dropout && softcap))
+                            data.Add(dtype, dropout, softcap, alibi);
+        return data;
+    }
+
+    /// <summary>Head dim 64 with a (40, 8) window: the forward takes the 64-row narrow-window tiling (ForwardVariant).</summary>
+    [Theory]
+    [MemberData(nameof(NarrowWindowCases))]
+    public void NarrowWindowTilingMatchesTheReference(Dtype dtype, bool dropout, bool softcap, bool alibi)
+    {
+        GpuRequirement.SkipIfUnavailable();
+        Assert.True(ForwardVariant.IsNarrowWindow(40, 8));
+        var problem = new Problem(2, 150, 130, 4, 2, 64);
+        Check(dtype, problem, random => Options(random, 64, problem.HeadsQ, dropout, softcap, alibi) with { WindowLeft = 40, WindowRight = 8 });
+    }
+
+    public static TheoryData<int, Dtype, string> DecodeCases()
+    {
+        var data = new TheoryData<int, Dtype, string>();
+        foreach (int headDim in new[] { 64, 128, 256 })
+            foreach (var dtype in new[] { Dtype.Fp16, Dtype.Bf16 })
+                foreach (var options in new[] { "plain", "softcap", "alibi", "softcap+alibi" })
+                    data.Add(headDim, dtype, options);
+        return data;
+    }
+
+    /// <summary>The decode kernel through ForwardWithKvCacheInto, two splits so the merge kernel runs too.</summary>
+    [Theory]
+    [MemberData(nameof(DecodeCases))]
+    public void DecodeMatchesTheReference(int headDim, Dtype dtype, string options)
+    {
+        GpuRequirement.SkipIfUnavailable();
+        var problem = new Problem(2, 3, 200, 4, 2, headDim);
+        var random = new TestRandom();
+        var attention = KvCacheCaseOptions.Parse(options, problem.Batch, problem.HeadsQ, headDim, random);
+        var cacheOptions = new KvCacheOptions { NumSplits = 2 };
+        if (dtype == Dtype.Fp16)
+            AttentionCheck.Forward(problem, attention, inputs: Inputs<Half>.Create(problem, random),
+                run: (inputs, o) => CudaKvCacheAttentionTests.WholeCache(inputs, o, cacheOptions));
+        else
+            AttentionCheck.Forward(problem, attention, inputs: Inputs<BFloat16>.Create(problem, random),
+                run: (inputs, o) => CudaKvCacheAttentionTests.WholeCache(inputs, o, cacheOptions));
+    }
+
+    private static AttentionOptions Options(TestRandom random, int headDim, int headsQ, bool dropout, bool softcap, bool alibi) => new()
+    {
+        DropoutProbability = dropout ? 0.15f : 0f,
+        DropoutState = dropout ? random.NextDropoutState() : null,
+        Softcap = softcap ? 5f : 0f,
+        SoftmaxScale = softcap ? CudaScoreModifierTests.SaturatingScale(5f, headDim) : null,
+        AlibiSlopes = alibi ? CudaScoreModifierTests.Slopes(random, 0, headsQ) : null,
+    };
+
+    private static void Check(Dtype dtype, Problem problem, Func<TestRandom, AttentionOptions> options)
+    {
+        var random = new TestRandom();
+        if (dtype == Dtype.Fp16)
+            AttentionCheck.Backward(problem, options(random), Inputs<Half>.Create(problem, random), CudaBackwardTests.ForwardOnGpu, CudaBackwardTests.BackwardOnGpu);
+        else
+            AttentionCheck.Backward(problem, options(random), Inputs<BFloat16>.Create(problem, random), CudaBackwardTests.ForwardOnGpu, CudaBackwardTests.BackwardOnGpu);
+    }
+}
