@@ -79,11 +79,11 @@ for tool in "${tools[@]}"; do
     kernels="$out/$tool-$w.kernels"
     rm -f "$kernels"
     start=$SECONDS
-    # shellcheck disable=SC2046
     # initcheck does not see cuBLAS's stores into the unfused baseline's score and dP buffers: zero them first (memsets
     # it does track) so that run reports only reads of memory nothing wrote (Cuda/Unfused/SanitizerScoreFill.cs).
     zero_scores=0
     [ "$tool" = initcheck ] && [ "$w" = unfused ] && zero_scores=1
+    # shellcheck disable=SC2046
     FLASHATTN_UNFUSED_ZERO_SCORES=$zero_scores FLASHATTN_KERNEL_LOG="$kernels" timeout --signal=INT --kill-after=20 "$limit" "$sanitizer" --tool "$tool" "${extra[@]}" --print-limit 50 \
       --target-processes all $(workload_command "$w") > "$log" 2>&1
     rc=$?
