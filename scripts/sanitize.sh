@@ -9,6 +9,8 @@
 #   variants - CudaEveryVariantTests: every compile-time kernel variant the library can launch (each bucket, element type
 #             and combination of dropout, softcap, ALiBi and deterministic dQ; the narrow-window tiling; decode with each
 #             score option), once each on a small shape
+#   unfused-rows - the unfused baseline's softmax and softmax-gradient row kernels alone, fed from the host
+#             (UnfusedSoftmaxKernelTests): no cuBLAS in the process, so racecheck sees only our kernels
 #   unfused - the unfused baseline (cuBLAS GEMMs + our softmax kernels), apart because its S and dP matrices are written
 #             by cuBLAS; its one deliberate out-of-memory case is left out (memcheck counts the refused cuMemAlloc)
 # Usage (a device call carrying artifacts/carry, after scripts/publish-device.sh):
@@ -34,7 +36,7 @@ export DOTNET_gcServer=0
 
 tools=("$@")
 [ ${#tools[@]} -gt 0 ] || tools=(memcheck racecheck synccheck initcheck)
-read -r -a workloads <<< "${WORKLOADS:-check tests variants unfused}"
+read -r -a workloads <<< "${WORKLOADS:-check tests variants unfused-rows unfused}"
 limit=${LIMIT_S:-240}
 classes=(CudaForwardTests CudaBackwardTests CudaVarlenTests CudaDropoutTests CudaScoreModifierTests CudaProbabilitiesTests
          CudaKvCacheTests CudaKvCacheAttentionTests CudaHostileInputTests CudaConcurrencyTests)
@@ -54,6 +56,7 @@ workload_command() {
             -method "FlashAttn.Tests.Cuda.CudaBackwardTests.WideHeadDimsHandleWindowsDropoutAndDeterminism" \
             -method "FlashAttn.Tests.Cuda.CudaKvCacheTests.MatchesReference" ;;
     variants) echo artifacts/device/tests/FlashAttention.Tests -noColor -class FlashAttn.Tests.Cuda.CudaEveryVariantTests ;;
+    unfused-rows) echo artifacts/device/tests/FlashAttention.Tests -noColor -class FlashAttn.Tests.Cuda.UnfusedSoftmaxKernelTests ;;
     unfused) echo artifacts/device/tests/FlashAttention.Tests -noColor -class FlashAttn.Tests.Cuda.UnfusedAttentionTests \
                -method- FlashAttn.Tests.Cuda.UnfusedAttentionTests.ScoreMatrixThatDoesNotFitThrowsOutOfMemory ;;
     *) echo "unknown workload $1" >&2; return 1 ;;

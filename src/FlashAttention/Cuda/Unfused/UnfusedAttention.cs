@@ -211,7 +211,7 @@ internal static class UnfusedAttention
         }
     }
 
-    private static void Softmax(CudaDevice device, CudaStream stream, ProblemShape shape, AttentionSettings settings, nint scores,
+    internal static void Softmax(CudaDevice device, CudaStream stream, ProblemShape shape, AttentionSettings settings, nint scores,
         DeviceOperand lse, bool bf16)
     {
         bool perWarp = shape.MaxSeqlenK <= WarpRowLimit;
@@ -227,7 +227,7 @@ internal static class UnfusedAttention
         kernel.Launch(parameters, RowGrid(rows, perWarp), RowBlock(perWarp), 0, stream);
     }
 
-    private static void SoftmaxBackward(CudaDevice device, CudaStream stream, ProblemShape shape, nint probabilities, nint gradients, bool bf16)
+    internal static void SoftmaxBackward(CudaDevice device, CudaStream stream, ProblemShape shape, nint probabilities, nint gradients, bool bf16)
     {
         bool perWarp = shape.MaxSeqlenK <= WarpRowLimit;
         string name = $"unfused_softmax_bwd_{(perWarp ? "warp" : "block")}_{(bf16 ? "bf16" : "fp16")}";
