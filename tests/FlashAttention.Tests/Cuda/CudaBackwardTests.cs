@@ -116,7 +116,14 @@ public sealed class CudaBackwardTests
         return new AttentionResult<T>(result.Output.ToHost(), result.LogSumExp.ToHost(), result.DropoutState, null);
     }
 
-    internal static AttentionGradients<T> BackwardOnGpu<T>(Inputs<T> inputs, AttentionOptions options, AttentionResult<T> forward) where T : unmanaged
+    /// <summary>Backward into gradients that start as 0xFF bytes (NaN in fp16 and bf16).</summary>
+    internal static AttentionGradients<T> BackwardOnGpu<T>(Inputs<T> inputs, AttentionOptions options, AttentionResult<T> forward) where T : unmanaged =>
+        BackwardOnGpu(inputs, options, forward, 0xFF);
+
+    /// <summary>Uploads everything backward reads, including that path's forward O and LSE (and its dropout state), into
+    /// gradients that start as <paramref name="fill"/> in every byte, runs BackwardInto and downloads them.</summary>
+    internal static AttentionGradients<T> BackwardOnGpu<T>(Inputs<T> inputs, AttentionOptions options, AttentionResult<T> forward, byte fill)
+        where T : unmanaged
     {
         var p = inputs.Problem;
         using var q = CudaTensor<T>.FromHost(inputs.QTensor);
@@ -128,10 +135,10 @@ public sealed class CudaBackwardTests
         using var dq = CudaTensor<T>.Allocate(p.QLengths, q.Device);
         using var dk = CudaTensor<T>.Allocate(p.KvLengths, q.Device);
         using var dv = CudaTensor<T>.Allocate(p.KvLengths, q.Device);
-        dq.Fill(0xFF);
-        dk.Fill(0xFF);
-        dv.Fill(0xFF);
-        FlashAttention.BackwardInto(dOut, q, k, v, output, lse, dq, dk, dv, options);
+        dq.Fill(fill);
+        dk.Fill(fill);
+        dv.Fill(fill);
+        FlashAttention.BackwardInto(dOut, q, k, v, output, lse, dq, dk, dv, options, forward.DropoutState);
         return new AttentionGradients<T>(dq.ToHost(), dk.ToHost(), dv.ToHost());
     }
 

@@ -323,23 +323,7 @@ public sealed class CudaHostileInputTests
             return new AttentionResult<T>(output.ToHost(), lse.ToHost(), state, null);
         });
 
-    /// <summary>Uploads everything backward reads, including that path's forward O and LSE, into gradients that start as the sentinel.</summary>
-    private static AttentionGradients<T> BackwardOnGpu<T>(Inputs<T> inputs, AttentionOptions options, AttentionResult<T> forward) where T : unmanaged
-    {
-        var p = inputs.Problem;
-        using var q = CudaTensor<T>.FromHost(inputs.QTensor);
-        using var k = CudaTensor<T>.FromHost(inputs.KTensor);
-        using var v = CudaTensor<T>.FromHost(inputs.VTensor);
-        using var dOut = CudaTensor<T>.FromHost(inputs.DOutTensor);
-        using var output = CudaTensor<T>.FromHost(forward.Output);
-        using var lse = CudaTensor<float>.FromHost(forward.LogSumExp);
-        using var dq = CudaTensor<T>.Allocate(p.QLengths, q.Device);
-        using var dk = CudaTensor<T>.Allocate(p.KvLengths, q.Device);
-        using var dv = CudaTensor<T>.Allocate(p.KvLengths, q.Device);
-        dq.Fill(Sentinel);
-        dk.Fill(Sentinel);
-        dv.Fill(Sentinel);
-        FlashAttention.BackwardInto(dOut, q, k, v, output, lse, dq, dk, dv, options, forward.DropoutState);
-        return new AttentionGradients<T>(dq.ToHost(), dk.ToHost(), dv.ToHost());
-    }
+    /// <summary>Backward into gradients that start as the sentinel.</summary>
+    private static AttentionGradients<T> BackwardOnGpu<T>(Inputs<T> inputs, AttentionOptions options, AttentionResult<T> forward) where T : unmanaged =>
+        CudaBackwardTests.BackwardOnGpu(inputs, options, forward, Sentinel);
 }
