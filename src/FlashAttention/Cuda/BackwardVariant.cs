@@ -10,7 +10,7 @@ namespace FlashAttn.Cuda;
 /// <param name="BFloat16">bf16 (true) or fp16 (false).</param>
 /// <param name="Deterministic">dQ through per-split buffers summed in order instead of atomics.</param>
 /// <param name="BlockN">Keys per CTA: 64 or 128 for the narrow kernel (128: half the dQ reductions and Q/dO reloads per
-/// FLOP); 64 for the wide one.</param>
+/// FLOP; 64 for narrow windows at head dim 64); 64 for the wide one.</param>
 /// <param name="BlockM">Queries per step: 64 (measured; 128 is a tuning override for the narrow kernel, +1-2% at head dim 64
 /// at 255 registers, bench/NOTES.md).</param>
 /// <param name="Dropout">Compile the Philox dropout in (the mask is regenerated, never stored).</param>
@@ -28,11 +28,17 @@ internal sealed record BackwardVariant(int HeadDimBucket, bool BFloat16, bool De
     private static readonly int? BlockNOverride = ReadBlockOverride(BlockNVariable);
     private static readonly int? BlockMOverride = ReadBlockOverride(BlockMVariable);
 
-    public static BackwardVariant For(int headDim, bool bfloat16, bool deterministic, bool dropout = false, bool softcap = false, bool alibi = false)
+    public static BackwardVariant For(int headDim, bool bfloat16, bool deterministic, bool dropout = false, bool softcap = false, bool alibi = false,
+        bool narrowWindow = false)
     {
         int bucket = ForwardVariant.BucketOf(headDim);
+        // A narrow window (ForwardVariant.IsNarrowWindow) at head dim 64 takes 64-key blocks: a key block then computes 64 fewer
+        // query rows of the sliding range, and at 4 warps two CTAs share an SM, so one CTA's K/V load and dK/dV store overlap
+        // the other's work (+13% at (256, 256), +22% at (256, 0), +7% at (1024, 0), forward+backward; at head dim 128 it lost,
+        // bench/NOTES.md).
+        int blockN = bucket == 64 && narrowWindow ? 64 : 128;
         return bucket <= 128
-            ? new(bucket, bfloat16, deterministic, BlockNOverride ?? 128, BlockMOverride ?? 64, dropout, softcap, alibi)
+            ? new(bucket, bfloat16, deterministic, BlockNOverride ?? blockN, BlockMOverride ?? 64, dropout, softcap, alibi)
             : new(bucket, bfloat16, deterministic, 64, 64, dropout, softcap, alibi);
     }
 

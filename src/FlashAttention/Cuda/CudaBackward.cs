@@ -28,7 +28,7 @@ internal static class CudaBackward
             return 0;
         }
         var variant = BackwardVariant.For(shape.HeadDim, typeof(T) == typeof(BFloat16), deterministic, settings.Dropout.Enabled,
-            settings.Softcap > 0f, settings.AlibiSlopes is not null);
+            settings.Softcap > 0f, settings.AlibiSlopes is not null, ForwardVariant.IsNarrowWindow(settings.WindowLeft, settings.WindowRight));
         int paddedDim = (shape.HeadDim + 7) / 8 * 8;
         bool pad = paddedDim != shape.HeadDim;
         bool varlen = shape.IsVarlen;
@@ -94,17 +94,15 @@ internal static class CudaBackward
             var convert = KernelLibrary.Get(device, variant.SourceFile, BackwardVariant.ConvertKernel, variant.Name, variant.CompilerDefines);
             main.SetMaxDynamicSharedMemory(variant.SharedMemoryBytes);
 
-            long rowsTimesWarp = accumulatorRows * hq * 32;
-            uint prepareBlocks = (uint)Math.Clamp((rowsTimesWarp + 255) / 256, 1, 1L << 20);
-            prepare.Launch(rowParameters, (prepareBlocks, 1, 1), (256, 1, 1), 0, stream);
+            uint rowPassBlocks = RowPassBlocks(accumulatorRows * hq, paddedDim);
+            prepare.Launch(rowParameters, (rowPassBlocks, 1, 1), (RowPassThreads, 1, 1), 0, stream);
             if (sq > 0 && sk > 0)
                 main.Launch(parameters, ((uint)(deterministic ? splits : keyBlocks), (uint)hk, (uint)b), ((uint)variant.Threads, 1, 1),
                     variant.SharedMemoryBytes, stream);
             else if (sk > 0)
                 ZeroKeyGradients(device, dks, dvs, stagedBatch, rowsK, hk, paddedDim, stream);
-            long pairs = accumulatorRows * hq * paddedDim / 2;
-            if (pairs > 0)
-                convert.Launch(rowParameters, ((uint)Math.Clamp((pairs + 255) / 256, 1, 1L << 20), 1, 1), (256, 1, 1), 0, stream);
+            if (accumulatorRows * hq > 0)
+                convert.Launch(rowParameters, (rowPassBlocks, 1, 1), (RowPassThreads, 1, 1), 0, stream);
 
             if (dqs != dq) HeadCopy.Copy(device, dqs, dq, stagedBatch, rowsQ, hq, paddedDim, shape.HeadDim, stream);
             if (dks != dk) HeadCopy.Copy(device, dks, dk, stagedBatch, rowsK, hk, paddedDim, shape.HeadDim, stream);
@@ -118,6 +116,18 @@ internal static class CudaBackward
     }
 
     private static long Align256(long bytes) => (bytes + 255) / 256 * 256;
+
+    private const int RowPassThreads = 256;
+
+    /// <summary>Blocks of the per-row passes (D pre-pass, dQ conversion): one 16-byte chunk per thread, a row's chunks in a
+    /// power-of-two segment of 8 to 32 lanes (row_lanes in fa_bwd_common.cuh); the kernels walk rows grid-stride, so the
+    /// cap only bounds the grid.</summary>
+    private static uint RowPassBlocks(long rows, int paddedDim)
+    {
+        int chunks = paddedDim / 8, lanes = chunks <= 8 ? 8 : chunks <= 16 ? 16 : 32;
+        long rowsPerBlock = RowPassThreads / lanes;
+        return (uint)Math.Clamp((rows + rowsPerBlock - 1) / rowsPerBlock, 1, 1L << 20);
+    }
 
     /// <summary>seqlen_q = 0: no query sees any key, so dK = dV = 0.</summary>
     private static void ZeroKeyGradients(CudaDevice device, DeviceOperand dk, DeviceOperand dv, int batch, int rows, int heads, int dim, CudaStream stream)

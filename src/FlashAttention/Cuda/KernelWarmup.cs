@@ -48,10 +48,11 @@ public static class KernelWarmup
                                 yield return ("flash_fwd.cu", ForwardVariant.KernelName, forward.Name, forward.CompilerDefines);
                             }
                             foreach (bool deterministic in options)
-                            {
-                                var backward = BackwardVariant.For(bucket, bf16, deterministic, dropout, softcap, alibi);
-                                yield return (backward.SourceFile, BackwardVariant.MainKernel, backward.Name, backward.CompilerDefines);
-                            }
+                                foreach (bool narrow in Flags)   // 64-key blocks for narrow windows at head dim 64 only
+                                {
+                                    var backward = BackwardVariant.For(bucket, bf16, deterministic, dropout, softcap, alibi, narrowWindow: narrow);
+                                    yield return (backward.SourceFile, BackwardVariant.MainKernel, backward.Name, backward.CompilerDefines);
+                                }
                         }
         if (!everyVariant) yield break;
         foreach (int bucket in new[] { 64, 128, 256 })

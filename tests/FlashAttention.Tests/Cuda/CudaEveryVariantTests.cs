@@ -6,7 +6,7 @@ namespace FlashAttn.Tests.Cuda;
 /// <summary>
 /// Every compile-time kernel variant the library can launch, each once on a small odd shape against the float64 reference:
 /// forward and backward at every head-dim bucket and element type with each combination of dropout, softcap, ALiBi and
-/// deterministic dQ that validation accepts (dropout with softcap is rejected); the narrow-window forward tiling with each score option; the KV-cache decode kernel (with its split
+/// deterministic dQ that validation accepts (dropout with softcap is rejected); the narrow-window tilings (forward and backward) with each score option; the KV-cache decode kernel (with its split
 /// merge) with each of softcap and ALiBi. The fixture compiles them all in parallel first (KernelWarmup, every variant), so
 /// the cases time the kernels, not NVRTC. scripts/sanitize.sh runs this class under racecheck ("variants" workload).
 /// </summary>
@@ -52,27 +52,48 @@ public sealed class CudaEveryVariantTests(CudaEveryVariantTests.Compiled compile
         });
     }
 
-    public static TheoryData<Dtype, bool, bool, bool> NarrowWindowCases()
+    public static TheoryData<Dtype, bool, bool, bool, bool> NarrowWindowCases()
     {
-        var data = new TheoryData<Dtype, bool, bool, bool>();
+        var data = new TheoryData<Dtype, bool, bool, bool, bool>();
         foreach (var dtype in new[] { Dtype.Fp16, Dtype.Bf16 })
             foreach (bool dropout in new[] { false, true })
                 foreach (bool softcap in new[] { false, true })
                     foreach (bool alibi in new[] { false, true })
-                        if (!(dropout && softcap))
-                            data.Add(dtype, dropout, softcap, alibi);
+                        foreach (bool deterministic in new[] { false, true })
+                            if (!(dropout && softcap))
+                                data.Add(dtype, dropout, softcap, alibi, deterministic);
         return data;
     }
 
-    /// <summary>Head dim 64 with a (40, 8) window: the forward takes the 64-row narrow-window tiling (ForwardVariant).</summary>
+    /// <summary>Head dim 64 with a (40, 8) window: the forward takes the 64-row narrow-window tiling (ForwardVariant), the
+    /// backward 64-key blocks (BackwardVariant).</summary>
     [Theory]
     [MemberData(nameof(NarrowWindowCases))]
-    public void NarrowWindowTilingMatchesTheReference(Dtype dtype, bool dropout, bool softcap, bool alibi)
+    public void NarrowWindowTilingMatchesTheReference(Dtype dtype, bool dropout, bool softcap, bool alibi, bool deterministic)
     {
         GpuRequirement.SkipIfUnavailable();
         Assert.True(ForwardVariant.IsNarrowWindow(40, 8));
         var problem = new Problem(2, 150, 130, 4, 2, 64);
-        Check(dtype, problem, random => Options(random, 64, problem.HeadsQ, dropout, softcap, alibi) with { WindowLeft = 40, WindowRight = 8 });
+        Check(dtype, problem, random => Options(random, 64, problem.HeadsQ, dropout, softcap, alibi) with
+        {
+            WindowLeft = 40, WindowRight = 8, Deterministic = deterministic,
+        });
+    }
+
+    /// <summary>The narrow-window tilings on longer sequences: many CTAs and a partial last block on both sides, seqlen_q above
+    /// and below seqlen_k, windows whose first query blocks see no key, and a window of one key on each side.</summary>
+    [Theory]
+    [InlineData(700, 650, 100, 30)]
+    [InlineData(650, 700, 256, 0)]
+    [InlineData(900, 300, 10, 0)]      // bottom-right aligned: rows 0 to 599 see no key
+    [InlineData(333, 1000, 0, 200)]
+    [InlineData(517, 517, 1, 1)]
+    public void NarrowWindowTilingOnLongerSequences(int seqlenQ, int seqlenK, int left, int right)
+    {
+        GpuRequirement.SkipIfUnavailable();
+        Assert.True(ForwardVariant.IsNarrowWindow(left, right));
+        var problem = new Problem(2, seqlenQ, seqlenK, 2, 1, 64);
+        Check(Dtype.Bf16, problem, _ => new AttentionOptions { WindowLeft = left, WindowRight = right });
     }
 
     public static TheoryData<int, Dtype, string> DecodeCases()

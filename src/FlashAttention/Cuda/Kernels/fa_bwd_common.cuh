@@ -22,49 +22,79 @@ typedef HalfElem FaElement;
 constexpr int kRowBytes = kD * 2;
 
 // ---------------------------------------------------------------------------------------------------------
+// The per-row passes (D pre-pass, dQ conversion) are memory-bound: each thread moves one 16-byte chunk (8 elements) of
+// one (batch, row, head) row, and the chunks of a row sit in one segment of row_lanes(head_dim) lanes (a power of two, up
+// to a warp), so a row's sum is a few segment shuffles. Rows are walked grid-stride in (batch, row, head) order, which is
+// memory order for the dense layouts. The launcher sizes the grid with the same rule (CudaBackward.RowPassBlocks).
+__device__ __forceinline__ int row_lanes(int head_dim) {
+    const int chunks = head_dim / 8;
+    return chunks <= 8 ? 8 : chunks <= 16 ? 16 : 32;
+}
+
+struct RowOfPass {
+    int b, r, h;
+};
+__device__ __forceinline__ RowOfPass row_of_pass(const FlashBwdParams& p, long long row) {
+    RowOfPass x;
+    x.h = (int)(row % p.heads_q);
+    const long long rest = row / p.heads_q;
+    x.r = (int)(rest % p.seqlen_q);
+    x.b = (int)(rest / p.seqlen_q);
+    return x;
+}
+
 extern "C" __global__ void flash_bwd_prepare(const FlashBwdParams p) {
-    // One warp per (batch, row, head): D = sum_c dO[c] * O[c].
-    const long long rows = (long long)p.batch * p.seqlen_q * p.heads_q;
-    const long long warp = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / 32;
-    const int lane = threadIdx.x % 32;
-    if (warp < rows) {
-        const int h = (int)(warp % p.heads_q);
-        const int r = (int)((warp / p.heads_q) % p.seqlen_q);
-        const int b = (int)(warp / ((long long)p.heads_q * p.seqlen_q));
-        const u16* o = (const u16*)p.o + b * p.o_batch_stride + r * p.o_row_stride + h * p.o_head_stride;
-        const u16* d = (const u16*)p.dout + b * p.do_batch_stride + r * p.do_row_stride + h * p.do_head_stride;
+    // D = sum_c dO[c] * O[c] per row, and that row's dQ accumulators (all splits) zeroed in the same pass.
+    const int seg = row_lanes(p.head_dim), c = threadIdx.x % seg;
+    const long long rows = (long long)p.batch * p.seqlen_q * p.heads_q, rows_per_step = (long long)gridDim.x * (blockDim.x / seg);
+    const bool in_row = c * 8 < p.head_dim;
+    // The loop runs while the warp's first row exists (the shuffles below need the whole warp); later rows are predicated.
+    for (long long row = blockIdx.x * (long long)(blockDim.x / seg) + threadIdx.x / seg; row - (threadIdx.x % 32) / seg < rows;
+         row += rows_per_step) {
+        const bool valid = row < rows;
+        const RowOfPass x = row_of_pass(p, valid ? row : 0);
         float sum = 0.f;
-        for (int c = lane; c < p.head_dim; c += 32) sum += FaElement::to_float(o[c]) * FaElement::to_float(d[c]);
+        if (valid && in_row) {
+            const U16x8 o = *(const U16x8*)((const u16*)p.o + x.b * p.o_batch_stride + x.r * p.o_row_stride + x.h * p.o_head_stride + c * 8);
+            const U16x8 d = *(const U16x8*)((const u16*)p.dout + x.b * p.do_batch_stride + x.r * p.do_row_stride + x.h * p.do_head_stride + c * 8);
 #pragma unroll
-        for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
-        if (lane == 0) p.delta[b * p.lse_batch_stride + h * p.lse_head_stride + r] = sum;
+            for (int e = 0; e < 8; ++e) sum = fmaf(FaElement::to_float(lane(o, e)), FaElement::to_float(lane(d, e)), sum);
+            float4* acc = (float4*)(p.dq_accum + row * p.head_dim + c * 8);
+            for (int s = 0; s < p.splits; ++s) {
+                acc[0] = make_float4(0.f, 0.f, 0.f, 0.f);
+                acc[1] = make_float4(0.f, 0.f, 0.f, 0.f);
+                acc += p.dq_accum_split_stride / 4;
+            }
+        }
+        for (int m = seg / 2; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m, seg);
+        if (valid && c == 0) p.delta[x.b * p.lse_batch_stride + x.h * p.lse_head_stride + x.r] = sum;
     }
-    // Zero the dQ accumulators (all splits) with a grid-stride loop.
-    const long long total = p.dq_accum_split_stride * p.splits;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x)
-        p.dq_accum[i] = 0.f;
 }
 
 // ---------------------------------------------------------------------------------------------------------
 extern "C" __global__ void flash_bwd_convert(const FlashBwdParams p) {
-    // One thread per (batch, row, head, column pair): dQ = sum over splits, in split order.
-    const long long pairs = (long long)p.batch * p.seqlen_q * p.heads_q * (p.head_dim / 2);
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < pairs; i += (long long)gridDim.x * blockDim.x) {
-        const int c = (int)(i % (p.head_dim / 2)) * 2;
-        long long rest = i / (p.head_dim / 2);
-        const int h = (int)(rest % p.heads_q);
-        rest /= p.heads_q;
-        const int r = (int)(rest % p.seqlen_q);
-        const int b = (int)(rest / p.seqlen_q);
-        const long long at = (((long long)b * p.seqlen_q + r) * p.heads_q + h) * p.head_dim + c;
-        float x = 0.f, y = 0.f;
-        for (int s = 0; s < p.splits; ++s) {
-            x += p.dq_accum[s * p.dq_accum_split_stride + at];
-            y += p.dq_accum[s * p.dq_accum_split_stride + at + 1];
+    // dQ = scale * (sum over splits, in split order), one 8-element chunk per thread, stored as 16 bytes.
+    const int seg = row_lanes(p.head_dim), c = threadIdx.x % seg;
+    const long long rows = (long long)p.batch * p.seqlen_q * p.heads_q, rows_per_step = (long long)gridDim.x * (blockDim.x / seg);
+    if (c * 8 >= p.head_dim) return;   // no shuffles below: idle lanes may leave
+    for (long long row = blockIdx.x * (long long)(blockDim.x / seg) + threadIdx.x / seg; row < rows; row += rows_per_step) {
+        const RowOfPass x = row_of_pass(p, row);
+        const float4* acc = (const float4*)(p.dq_accum + row * p.head_dim + c * 8);
+        float4 lo = acc[0], hi = acc[1];
+        for (int s = 1; s < p.splits; ++s) {
+            acc += p.dq_accum_split_stride / 4;
+            const float4 a = acc[0], b = acc[1];
+            lo.x += a.x; lo.y += a.y; lo.z += a.z; lo.w += a.w;
+            hi.x += b.x; hi.y += b.y; hi.z += b.z; hi.w += b.w;
         }
-        u16* dq = (u16*)p.dq + b * p.dq_batch_stride + r * p.dq_row_stride + h * p.dq_head_stride + c;
         // The main kernel leaves the softmax scale out of dS (one multiply per score saved); it enters here.
-        *(u32*)dq = FaElement::pack(x * p.scale, y * p.scale);
+        const float k = p.scale;
+        U16x8 out;
+        out.w[0] = FaElement::pack(lo.x * k, lo.y * k);
+        out.w[1] = FaElement::pack(lo.z * k, lo.w * k);
+        out.w[2] = FaElement::pack(hi.x * k, hi.y * k);
+        out.w[3] = FaElement::pack(hi.z * k, hi.w * k);
+        *(U16x8*)((u16*)p.dq + x.b * p.dq_batch_stride + x.r * p.dq_row_stride + x.h * p.dq_head_stride + c * 8) = out;
     }
 }
 
