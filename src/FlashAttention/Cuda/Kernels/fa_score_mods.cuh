@@ -19,7 +19,18 @@
 #endif
 
 // tanh on the special-function unit (sm_75+): max relative error about 2^-11, as flash-attn's softcap uses.
-__device__ __forceinline__ float fast_tanh(float x) { float y; asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
+// FA_EXACT_TANH=1 (diagnostic only, through FLASHATTN_EXTRA_DEFINES) takes the libdevice tanhf instead, to tell the
+// approximation's share of an error apart from the rest.
+#ifndef FA_EXACT_TANH
+#define FA_EXACT_TANH 0
+#endif
+__device__ __forceinline__ float fast_tanh(float x) {
+#if FA_EXACT_TANH
+    return tanhf(x);
+#else
+    float y; asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x)); return y;
+#endif
+}
 
 // The ALiBi slope of (batch, head) in raw-score units; 0 without ALiBi (and the slopes are then never read).
 __device__ __forceinline__ float alibi_raw_slope(const float* slopes, long long batch_stride, float factor, int batch, int head) {
