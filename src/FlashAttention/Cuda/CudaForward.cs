@@ -17,9 +17,11 @@ internal static class CudaForward
     {
         if (shape.Batch == 0 || shape.MaxSeqlenQ == 0 || shape.HeadsQ == 0) return;
         bool bf16 = typeof(T) == typeof(BFloat16);
-        var variant = ForwardVariant.For(shape.HeadDim, bf16, settings.Dropout.Enabled, settings.Softcap > 0f, settings.AlibiSlopes is not null,
-            ForwardVariant.IsNarrowWindow(settings.WindowLeft, settings.WindowRight));
-        var kernel = KernelLibrary.Get(device, "flash_fwd.cu", ForwardVariant.KernelName, variant.Name, variant.CompilerDefines);
+        bool dropout = settings.Dropout.Enabled, softcap = settings.Softcap > 0f, alibi = settings.AlibiSlopes is not null;
+        var variant = ForwardVariant.UseHopper && ForwardVariant.HopperCovers(device.Architecture, shape.HeadDim, dropout, softcap, alibi)
+            ? ForwardVariant.ForHopper(shape.HeadDim, bf16)
+            : ForwardVariant.For(shape.HeadDim, bf16, dropout, softcap, alibi, ForwardVariant.IsNarrowWindow(settings.WindowLeft, settings.WindowRight));
+        var kernel = KernelLibrary.Get(device, variant.SourceFile, variant.Kernel, variant.Name, variant.CompilerDefines);
         kernel.SetMaxDynamicSharedMemory(variant.SharedMemoryBytes);
 
         int paddedDim = (shape.HeadDim + 7) / 8 * 8;

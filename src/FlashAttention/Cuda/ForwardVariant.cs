@@ -15,10 +15,43 @@ namespace FlashAttn.Cuda;
 /// <param name="Dropout">Compile the Philox dropout (Kernels/fa_dropout.cuh) in; off costs nothing.</param>
 /// <param name="Softcap">Compile the tanh score cap in (Kernels/fa_score_mods.cuh).</param>
 /// <param name="Alibi">Compile the ALiBi bias in.</param>
+/// <param name="Hopper">The sm_90a kernel (Kernels/flash_fwd_sm90.cu: both products on warpgroup MMAs) instead of the
+/// FlashAttention-2 one.</param>
 internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int BlockM, int BlockN, int Warps, bool RollQk, bool Dropout = false,
-    bool Softcap = false, bool Alibi = false)
+    bool Softcap = false, bool Alibi = false, bool Hopper = false)
 {
-    public const string KernelName = "flash_fwd_kernel";
+    public const string KernelName = "flash_fwd_kernel", HopperKernelName = "flash_fwd_sm90_kernel";
+
+    /// <summary>The kernel source file and entry point of this variant.</summary>
+    public string SourceFile => Hopper ? "flash_fwd_sm90.cu" : "flash_fwd.cu";
+
+    public string Kernel => Hopper ? HopperKernelName : KernelName;
+
+    /// <summary>On sm_90 GPUs the shapes the Hopper kernel covers go to it; FLASHATTN_FWD_SM90=0 keeps every shape on the
+    /// FlashAttention-2 kernel (for comparison and as a fallback). FLASHATTN_FWD_SM90_BLOCK_N (64 or 128) overrides its key
+    /// block, for tuning.</summary>
+    public static readonly bool HopperEnabled = Environment.GetEnvironmentVariable("FLASHATTN_FWD_SM90") != "0";
+
+    /// <summary>Tests pin the choice for the calls of one async flow (null: <see cref="HopperEnabled"/> decides).</summary>
+    internal static readonly AsyncLocal<bool?> HopperPinned = new();
+
+    /// <summary>Whether covered calls take the Hopper kernel now.</summary>
+    public static bool UseHopper => HopperPinned.Value ?? HopperEnabled;
+
+    private static readonly int? HopperBlockNOverride =
+        int.TryParse(Environment.GetEnvironmentVariable("FLASHATTN_FWD_SM90_BLOCK_N"), out int n) && n is 64 or 128 ? n : null;
+
+    /// <summary>Whether the Hopper kernel covers a call: an sm_90 device, head dims up to 128, no dropout, softcap or ALiBi.</summary>
+    public static bool HopperCovers(string architecture, int headDim, bool dropout, bool softcap, bool alibi) =>
+        architecture == "sm_90a" && headDim <= 128 && !dropout && !softcap && !alibi;
+
+    /// <summary>The Hopper kernel's variant: 128 query rows (two warpgroups of 64), BlockN keys per step: 64 at head dim 64,
+    /// 128 at 128 (each the faster of the two on the H100 at s1k and s4k, causal or not: bench/NOTES.md).</summary>
+    public static ForwardVariant ForHopper(int headDim, bool bfloat16)
+    {
+        int bucket = BucketOf(headDim);
+        return new(bucket, bfloat16, BlockM: 128, BlockN: HopperBlockNOverride ?? (bucket == 64 ? 64 : 128), Warps: 8, RollQk: false, Hopper: true);
+    }
 
     public static ForwardVariant For(int headDim, bool bfloat16, bool dropout = false, bool softcap = false, bool alibi = false,
         bool narrowWindow = false) => (BucketOf(headDim) switch
@@ -48,15 +81,18 @@ internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int Bloc
     public static int BucketOf(int headDim) => headDim <= 64 ? 64 : headDim <= 128 ? 128 : headDim <= 192 ? 192 : 256;
 
     /// <summary>flash-attn style name, e.g. flash_fwd_hdim128_bf16.</summary>
-    public string Name =>
-        $"flash_fwd_hdim{HeadDimBucket}{TilingTag}_{(BFloat16 ? "bf16" : "fp16")}{(Dropout ? "_dropout" : "")}{(Softcap ? "_softcap" : "")}{(Alibi ? "_alibi" : "")}";
+    public string Name => Hopper
+        ? $"flash_fwd_sm90_hdim{HeadDimBucket}_n{BlockN}_{(BFloat16 ? "bf16" : "fp16")}"
+        : $"flash_fwd_hdim{HeadDimBucket}{TilingTag}_{(BFloat16 ? "bf16" : "fp16")}{(Dropout ? "_dropout" : "")}{(Softcap ? "_softcap" : "")}{(Alibi ? "_alibi" : "")}";
 
-    /// <summary>Q, K and V tiles in 16-bit elements.</summary>
-    public int SharedMemoryBytes => (BlockM + 2 * BlockN) * HeadDimBucket * 2;
+    /// <summary>Q, K and V tiles in 16-bit elements (the Hopper kernel aligns them to 1024 bytes: 1024 bytes of slack).</summary>
+    public int SharedMemoryBytes => (BlockM + 2 * BlockN) * HeadDimBucket * 2 + (Hopper ? 1024 : 0);
 
     public int Threads => Warps * 32;
 
-    public IReadOnlyList<string> CompilerDefines =>
+    public IReadOnlyList<string> CompilerDefines => Hopper
+        ? [Define("FA_HEAD_DIM", HeadDimBucket), Define("FA_BLOCK_N", BlockN), Define("FA_BF16", BFloat16 ? 1 : 0)]
+        :
     [
         Define("FA_HEAD_DIM", HeadDimBucket), Define("FA_BLOCK_M", BlockM), Define("FA_BLOCK_N", BlockN),
         Define("FA_WARPS", Warps), Define("FA_BF16", BFloat16 ? 1 : 0), Define("FA_ROLL_QK", RollQk ? 1 : 0), Define("FA_DROPOUT", Dropout ? 1 : 0),

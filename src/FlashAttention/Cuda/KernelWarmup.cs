@@ -19,7 +19,7 @@ public static class KernelWarmup
     /// </summary>
     public static IReadOnlyList<Variant> Run(CudaDevice device, bool everyVariant = false)
     {
-        var jobs = Jobs(everyVariant).DistinctBy(j => (j.File, j.Kernel, j.Name)).ToList();
+        var jobs = Jobs(everyVariant, device.Architecture).DistinctBy(j => (j.File, j.Kernel, j.Name)).ToList();
         var results = new Variant[jobs.Count];
         Parallel.For(0, jobs.Count, i =>
         {
@@ -31,9 +31,17 @@ public static class KernelWarmup
         return results;
     }
 
-    private static IEnumerable<(string File, string Kernel, string Name, IReadOnlyList<string> Defines)> Jobs(bool everyVariant)
+    private static IEnumerable<(string File, string Kernel, string Name, IReadOnlyList<string> Defines)> Jobs(bool everyVariant, string architecture)
     {
         yield return ("copy_heads.cu", "copy_heads_kernel", "copy_heads", []);
+        // The Hopper forward on sm_90 GPUs: always with every variant, otherwise when it is switched on.
+        if (ForwardVariant.HopperCovers(architecture, 128, false, false, false) && (everyVariant || ForwardVariant.UseHopper))
+            foreach (int bucket in new[] { 64, 128 })
+                foreach (bool bf16 in Flags)
+                {
+                    var hopper = ForwardVariant.ForHopper(bucket, bf16);
+                    yield return (hopper.SourceFile, hopper.Kernel, hopper.Name, hopper.CompilerDefines);
+                }
         bool[] options = everyVariant ? Flags : [false];
         foreach (int bucket in Buckets)
             foreach (bool bf16 in Flags)
@@ -45,7 +53,7 @@ public static class KernelWarmup
                             foreach (bool narrow in Flags)   // the narrow-window tiling exists at head dim 64 only; Distinct drops repeats
                             {
                                 var forward = ForwardVariant.For(bucket, bf16, dropout, softcap, alibi, narrowWindow: narrow);
-                                yield return ("flash_fwd.cu", ForwardVariant.KernelName, forward.Name, forward.CompilerDefines);
+                                yield return (forward.SourceFile, forward.Kernel, forward.Name, forward.CompilerDefines);
                             }
                             foreach (bool deterministic in options)
                                 foreach (bool narrow in Flags)   // 64-key blocks for narrow windows at head dim 64 only

@@ -44,3 +44,35 @@ public sealed class ForwardVariantTests
     public void OtherHeadDimsKeepTheirTilingForNarrowWindows(int headDim) =>
         Assert.Equal(ForwardVariant.For(headDim, true), ForwardVariant.For(headDim, true, narrowWindow: true));
 }
+
+/// <summary>The Hopper forward's coverage and variant (no GPU needed).</summary>
+public sealed class HopperForwardVariantTests
+{
+    [Theory]
+    [InlineData("sm_90a", 64, false, false, false, true)]
+    [InlineData("sm_90a", 128, false, false, false, true)]
+    [InlineData("sm_90a", 100, false, false, false, true)]   // padded to the 128 bucket
+    [InlineData("sm_90a", 192, false, false, false, false)]
+    [InlineData("sm_90a", 64, true, false, false, false)]    // dropout
+    [InlineData("sm_90a", 64, false, true, false, false)]    // softcap
+    [InlineData("sm_90a", 64, false, false, true, false)]    // ALiBi
+    [InlineData("sm_80", 64, false, false, false, false)]
+    [InlineData("sm_89", 128, false, false, false, false)]
+    public void CoversSm90HeadDimsUpTo128WithoutScoreOptions(string architecture, int headDim, bool dropout, bool softcap, bool alibi, bool covered) =>
+        Assert.Equal(covered, ForwardVariant.HopperCovers(architecture, headDim, dropout, softcap, alibi));
+
+    [Theory]
+    [InlineData(64, false)]
+    [InlineData(128, true)]
+    public void HopperVariantIsTwoWarpgroupsOfSixtyFourRowsInItsOwnSource(int headDim, bool bf16)
+    {
+        var hopper = ForwardVariant.ForHopper(headDim, bf16);
+        Assert.True(hopper.Hopper);
+        Assert.Equal((128, 8, 256), (hopper.BlockM, hopper.Warps, hopper.Threads));
+        Assert.Equal(("flash_fwd_sm90.cu", "flash_fwd_sm90_kernel"), (hopper.SourceFile, hopper.Kernel));
+        Assert.StartsWith("flash_fwd_sm90_hdim" + headDim, hopper.Name);
+        Assert.Equal((128 + 2 * hopper.BlockN) * headDim * 2 + 1024, hopper.SharedMemoryBytes);
+        Assert.DoesNotContain(hopper.CompilerDefines, d => d.StartsWith("-DFA_WARPS", StringComparison.Ordinal));
+        Assert.NotEqual(ForwardVariant.For(headDim, bf16).Name, hopper.Name);
+    }
+}
