@@ -17,8 +17,10 @@ namespace FlashAttn.Cuda;
 /// <param name="Alibi">Compile the ALiBi bias in.</param>
 /// <param name="Hopper">The sm_90a kernel (Kernels/flash_fwd_sm90.cu: both products on warpgroup MMAs) instead of the
 /// FlashAttention-2 one.</param>
+/// <param name="MinBlocksPerSm">The Hopper kernel's __launch_bounds__ minimum of CTAs per SM (2: 128 registers a thread,
+/// so two CTAs share an SM).</param>
 internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int BlockM, int BlockN, int Warps, bool RollQk, bool Dropout = false,
-    bool Softcap = false, bool Alibi = false, bool Hopper = false)
+    bool Softcap = false, bool Alibi = false, bool Hopper = false, int MinBlocksPerSm = 1)
 {
     public const string KernelName = "flash_fwd_kernel", HopperKernelName = "flash_fwd_sm90_kernel";
 
@@ -38,20 +40,33 @@ internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int Bloc
     /// <summary>Whether covered calls take the Hopper kernel now.</summary>
     public static bool UseHopper => HopperPinned.Value ?? HopperEnabled;
 
+    /// <summary>FLASHATTN_FWD_SM90_WS=1 takes the Hopper kernel with a cp.async producer warp and mbarriers (slower on the
+    /// H100: bench/NOTES.md), for comparison.</summary>
+    private static readonly bool HopperWarpSpecialized = Environment.GetEnvironmentVariable("FLASHATTN_FWD_SM90_WS") == "1";
+
     private static readonly int? HopperBlockNOverride =
         int.TryParse(Environment.GetEnvironmentVariable("FLASHATTN_FWD_SM90_BLOCK_N"), out int n) && n is 64 or 128 ? n : null;
+
+    private static readonly int? HopperMinBlocksOverride =
+        int.TryParse(Environment.GetEnvironmentVariable("FLASHATTN_FWD_SM90_MIN_BLOCKS"), out int b) && b is 1 or 2 ? b : null;
 
     /// <summary>Whether the Hopper kernel covers a call: an sm_90 device, head dims up to 128, no dropout, softcap or ALiBi.</summary>
     public static bool HopperCovers(string architecture, int headDim, bool dropout, bool softcap, bool alibi) =>
         architecture == "sm_90a" && headDim <= 128 && !dropout && !softcap && !alibi;
 
-    /// <summary>The Hopper kernel's variant: 128 query rows (two warpgroups of 64), BlockN keys per step: 64 at head dim 64,
-    /// 128 at 128 (each the faster of the two on the H100 at s1k and s4k, causal or not: bench/NOTES.md).</summary>
+    /// <summary>The Hopper kernel's variant: 128 query rows (two warpgroups of 64), two CTAs per SM (one's softmax overlaps the
+    /// other's products), BlockN keys per step: 128 at head dim 64, 64 at 128, where the 128-register cap spills least. The
+    /// best of the four (BlockN x CTAs per SM) on the H100 at s1k and s4k, causal or not (bench/NOTES.md).
+    /// FLASHATTN_FWD_SM90_BLOCK_N and FLASHATTN_FWD_SM90_MIN_BLOCKS override them, for tuning.</summary>
     public static ForwardVariant ForHopper(int headDim, bool bfloat16)
     {
         int bucket = BucketOf(headDim);
-        return new(bucket, bfloat16, BlockM: 128, BlockN: HopperBlockNOverride ?? (bucket == 64 ? 64 : 128), Warps: 8, RollQk: false, Hopper: true);
+        return new(bucket, bfloat16, BlockM: 128, BlockN: HopperBlockNOverride ?? (bucket == 64 ? 128 : 64), Warps: HopperWarpSpecialized ? 9 : 8,
+            RollQk: false, Hopper: true, MinBlocksPerSm: HopperWarpSpecialized ? 1 : HopperMinBlocksOverride ?? 2);
     }
+
+    /// <summary>The Hopper kernel with its producer warp (9 warps) streams K and V through two stages each.</summary>
+    private bool WarpSpecialized => Hopper && Warps == 9;
 
     public static ForwardVariant For(int headDim, bool bfloat16, bool dropout = false, bool softcap = false, bool alibi = false,
         bool narrowWindow = false) => (BucketOf(headDim) switch
@@ -82,16 +97,19 @@ internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int Bloc
 
     /// <summary>flash-attn style name, e.g. flash_fwd_hdim128_bf16.</summary>
     public string Name => Hopper
-        ? $"flash_fwd_sm90_hdim{HeadDimBucket}_n{BlockN}_{(BFloat16 ? "bf16" : "fp16")}"
+        ? $"flash_fwd_sm90_hdim{HeadDimBucket}_n{BlockN}_b{MinBlocksPerSm}_{(BFloat16 ? "bf16" : "fp16")}{(WarpSpecialized ? "_ws" : "")}"
         : $"flash_fwd_hdim{HeadDimBucket}{TilingTag}_{(BFloat16 ? "bf16" : "fp16")}{(Dropout ? "_dropout" : "")}{(Softcap ? "_softcap" : "")}{(Alibi ? "_alibi" : "")}";
 
     /// <summary>Q, K and V tiles in 16-bit elements (the Hopper kernel aligns them to 1024 bytes: 1024 bytes of slack).</summary>
-    public int SharedMemoryBytes => (BlockM + 2 * BlockN) * HeadDimBucket * 2 + (Hopper ? 1024 : 0);
+    public int SharedMemoryBytes => WarpSpecialized
+        ? (BlockM + 4 * BlockN) * HeadDimBucket * 2 + 1024 + 128   // two stages of K and V, and the mbarriers
+        : (BlockM + 2 * BlockN) * HeadDimBucket * 2 + (Hopper ? 1024 : 0);
 
     public int Threads => Warps * 32;
 
     public IReadOnlyList<string> CompilerDefines => Hopper
-        ? [Define("FA_HEAD_DIM", HeadDimBucket), Define("FA_BLOCK_N", BlockN), Define("FA_BF16", BFloat16 ? 1 : 0)]
+        ? [Define("FA_HEAD_DIM", HeadDimBucket), Define("FA_BLOCK_N", BlockN), Define("FA_BF16", BFloat16 ? 1 : 0),
+            Define("FA_WARP_SPECIALIZED", WarpSpecialized ? 1 : 0), Define("FA_MIN_BLOCKS", MinBlocksPerSm)]
         :
     [
         Define("FA_HEAD_DIM", HeadDimBucket), Define("FA_BLOCK_M", BlockM), Define("FA_BLOCK_N", BlockN),

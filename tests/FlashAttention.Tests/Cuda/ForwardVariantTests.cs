@@ -68,7 +68,10 @@ public sealed class HopperForwardVariantTests
     {
         var hopper = ForwardVariant.ForHopper(headDim, bf16);
         Assert.True(hopper.Hopper);
-        Assert.Equal((128, 8, 256), (hopper.BlockM, hopper.Warps, hopper.Threads));
+        Assert.Equal((128, 8, 256), (hopper.BlockM, hopper.Warps, hopper.Threads));   // two warpgroups (FLASHATTN_FWD_SM90_WS unset)
+        Assert.Equal(headDim == 64 ? 128 : 64, hopper.BlockN);
+        Assert.Equal(2, hopper.MinBlocksPerSm);
+        Assert.Contains("-DFA_MIN_BLOCKS=2", hopper.CompilerDefines);
         Assert.Equal(("flash_fwd_sm90.cu", "flash_fwd_sm90_kernel"), (hopper.SourceFile, hopper.Kernel));
         Assert.StartsWith("flash_fwd_sm90_hdim" + headDim, hopper.Name);
         Assert.Equal((128 + 2 * hopper.BlockN) * headDim * 2 + 1024, hopper.SharedMemoryBytes);

@@ -3,12 +3,17 @@
 // key block, key blocks visited from the last visible one down), with both products on wgmma:
 //   S = Q K^T   m64 x BN x 16 steps, A (Q) and B (K) read from shared memory through descriptors (K-major);
 //   O += P V    m64 x D x 16 steps, A (P) from the registers the softmax left it in, B (V) from shared memory (N-major).
-// Two warpgroups (256 threads) own 64 query rows each; inside a warpgroup warp w owns rows 16w..16w+15 in the same
-// fragment layout as mma.sync's, so the mask and softmax code is the FA2 kernel's with one m-tile per warp.
+// Two consumer warpgroups own 64 query rows each; inside a warpgroup warp w owns rows 16w..16w+15 in the same fragment
+// layout as mma.sync's, so the mask and softmax code is the FA2 kernel's with one m-tile per warp.
+// By default all 256 threads load tiles with cp.async and both warpgroups meet at two CTA barriers per key block.
+// FA_WARP_SPECIALIZED=1 adds a producer warp (warp 8) that streams Q, then K and V through two stages each with cp.async,
+// signalling "full" mbarriers, the consumers signalling "empty" ones, so the warpgroups never wait for each other. It is
+// correct but slower on the H100 (one warp cannot issue cp.async fast enough: -25% to -30%, bench/NOTES.md); it is the
+// frame for a TMA producer.
 // Tiles are stored in 64-column panels of 128-byte rows with the 128-byte swizzle wgmma reads (chunk ^ row % 8 inside
 // 1024-byte atoms), each tile 1024-byte aligned.
 // Not here (the launcher sends them to flash_fwd.cu): dropout, softcap, ALiBi, head dims above 128.
-// Variant (-D options): FA_HEAD_DIM (64, 128), FA_BLOCK_N (64, 128), FA_BF16.
+// Variant (-D options): FA_HEAD_DIM (64, 128), FA_BLOCK_N (64, 128), FA_BF16, FA_WARP_SPECIALIZED (0, 1).
 #include "fa_ptx.cuh"
 #include "fa_params.cuh"
 #include "fa_varlen.cuh"
@@ -17,9 +22,21 @@
 #ifndef FA_BLOCK_N
 #define FA_BLOCK_N 128
 #endif
+#ifndef FA_WARP_SPECIALIZED
+#define FA_WARP_SPECIALIZED 0
+#endif
+// CTAs per SM the register allocation must allow (__launch_bounds__): 2 caps a thread at 128 registers, so that two CTAs
+// share an SM and one's softmax can overlap the other's products.
+#ifndef FA_MIN_BLOCKS
+#define FA_MIN_BLOCKS 1
+#endif
 
 constexpr int kD = FA_HEAD_DIM;
-constexpr int kBM = 128, kBN = FA_BLOCK_N, kThreads = 256;
+constexpr int kBM = 128, kBN = FA_BLOCK_N, kThreads = 256;   // kThreads: the two consumer warpgroups
+constexpr int kProducerThreads = 32;
+#if FA_WARP_SPECIALIZED
+constexpr int kLaunchThreads = kThreads + kProducerThreads;
+#endif
 constexpr int kPanelRowBytes = 128;   // 64 16-bit elements per panel row
 static_assert(kD % 64 == 0 && kD <= 128 && (kBN == 64 || kBN == 128), "sm90 forward tiling");
 
@@ -39,14 +56,14 @@ __device__ __forceinline__ u32 panel_offset(int r, int c) {
 
 // Rows [row0, row0 + ROWS) of a (rows x head_dim) slab into a panel tile; rows at or past row_limit and columns at or
 // past head_dim are zero-filled.
-template <int ROWS>
+template <int ROWS, int THREADS = kThreads>
 __device__ __forceinline__ void load_panels(u32 tile, const u16* base, long long row_stride, int row0, int row_limit, int head_dim, int tid) {
     constexpr int kChunks = kD / 8;
-    static_assert((ROWS * kChunks) % kThreads == 0, "chunks divide over the threads");
+    static_assert((ROWS * kChunks) % THREADS == 0, "chunks divide over the threads");
     const bool whole = row0 + ROWS <= row_limit && head_dim == kD;
-#pragma unroll
-    for (int i = 0; i < ROWS * kChunks / kThreads; ++i) {
-        const int idx = tid + i * kThreads, r = idx / kChunks, c = idx % kChunks;
+#pragma unroll 8
+    for (int i = 0; i < ROWS * kChunks / THREADS; ++i) {
+        const int idx = tid + i * THREADS, r = idx / kChunks, c = idx % kChunks;
         const int row = row0 + r;
         const bool inside = whole || (row < row_limit && c * 8 < head_dim);
         const u16* src = inside ? base + (long long)row * row_stride + c * 8 : base;
@@ -66,157 +83,148 @@ template <int N> __device__ __forceinline__ void mma_rs(float (&d)[N / 2], const
 template <> __device__ __forceinline__ void mma_rs<64>(float (&d)[32], const u32 (&a)[4], u64 b) { FaWgmma::rs64(d, a, b); }
 template <> __device__ __forceinline__ void mma_rs<128>(float (&d)[64], const u32 (&a)[4], u64 b) { FaWgmma::rs128(d, a, b); }
 
-extern "C" __global__ void __launch_bounds__(kThreads, 1) flash_fwd_sm90_kernel(const FlashFwdParams p) {
-    constexpr int kSTiles = kBN / 8, kOTiles = kD / 8;
-    extern __shared__ __align__(1024) unsigned char smem[];
-    const u32 sQ = (smem_addr(smem) + 1023u) & ~1023u;   // the launcher adds 1024 bytes of slack
-    const u32 sK = sQ + kBM * kD * 2, sV = sK + kBN * kD * 2;
+// The per-block state of one consumer thread: its O accumulators and the running max and sum of its two rows.
+struct RowState {
+    float acc_o[kD / 8 * 4];
+    float row_max[2], row_sum[2];
+};
 
+// Where this CTA's rows sit: the query block, its visible key blocks, the sequence's pointers.
+struct BlockFrame {
+    int row0, last_row, offset, seqlen_q, seqlen_k, n_block_min, n_block_max;
+    const u16 *q, *k, *v;
+    u16* o;
+    float* lse;
+};
+
+__device__ __forceinline__ bool block_frame(const FlashFwdParams& p, BlockFrame& f) {
     const int m_block = p.window_right >= 0 ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
     const int head = blockIdx.y, batch = blockIdx.z;
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-    const int warpgroup = warp / 4, warp_row0 = warpgroup * 64 + (warp % 4) * 16;
-
     const SequenceRange seq = sequence_range(p, batch);
-    const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k;
-    const int row0 = m_block * kBM;
-    if (row0 >= seqlen_q) return;
+    f.seqlen_q = seq.seqlen_q;
+    f.seqlen_k = seq.seqlen_k;
+    f.row0 = m_block * kBM;
+    if (f.row0 >= f.seqlen_q) return false;
     const int head_kv = head / (p.heads_q / p.heads_kv);
-
-    const u16* q = (const u16*)p.q + batch * p.q_batch_stride + seq.q_start * p.q_row_stride + head * p.q_head_stride;
-    const u16* k = (const u16*)p.k + batch * p.k_batch_stride + seq.k_start * p.k_row_stride + head_kv * p.k_head_stride;
-    const u16* v = (const u16*)p.v + batch * p.v_batch_stride + seq.k_start * p.v_row_stride + head_kv * p.v_head_stride;
-    u16* o = (u16*)p.o + batch * p.o_batch_stride + seq.q_start * p.o_row_stride + head * p.o_head_stride;
-    float* lse = p.lse + batch * p.lse_batch_stride + head * p.lse_head_stride + seq.q_start;
-
+    f.q = (const u16*)p.q + batch * p.q_batch_stride + seq.q_start * p.q_row_stride + head * p.q_head_stride;
+    f.k = (const u16*)p.k + batch * p.k_batch_stride + seq.k_start * p.k_row_stride + head_kv * p.k_head_stride;
+    f.v = (const u16*)p.v + batch * p.v_batch_stride + seq.k_start * p.v_row_stride + head_kv * p.v_head_stride;
+    f.o = (u16*)p.o + batch * p.o_batch_stride + seq.q_start * p.o_row_stride + head * p.o_head_stride;
+    f.lse = p.lse + batch * p.lse_batch_stride + head * p.lse_head_stride + seq.q_start;
     // Visible keys of this query block (bottom-right aligned diagonal: offset = seqlen_k - seqlen_q).
-    const int offset = seqlen_k - seqlen_q;
-    const int last_row = min(row0 + kBM, seqlen_q) - 1;
-    int key_end = seqlen_k, key_begin = 0;
-    if (p.window_right >= 0) key_end = max(0, min(seqlen_k, last_row + offset + p.window_right + 1));
-    if (p.window_left >= 0) key_begin = max(0, row0 + offset - p.window_left);
-    const int n_block_min = key_begin / kBN, n_block_max = (key_end + kBN - 1) / kBN;
+    f.offset = f.seqlen_k - f.seqlen_q;
+    f.last_row = min(f.row0 + kBM, f.seqlen_q) - 1;
+    int key_end = f.seqlen_k, key_begin = 0;
+    if (p.window_right >= 0) key_end = max(0, min(f.seqlen_k, f.last_row + f.offset + p.window_right + 1));
+    if (p.window_left >= 0) key_begin = max(0, f.row0 + f.offset - p.window_left);
+    f.n_block_min = key_begin / kBN;
+    f.n_block_max = (key_end + kBN - 1) / kBN;
+    return true;
+}
 
-    // Descriptors: Q (this warpgroup's 64 rows) and K K-major, 8-row groups 1024 bytes apart; V N-major, the next 64
-    // dims a panel (kBN rows) further on, the next 8 keys 1024 bytes on, 16 keys per step.
-    const u64 desc_q = wgmma_desc_sw128(sQ + warpgroup * 64 * kPanelRowBytes, 16, 1024);
-    const u64 desc_k = wgmma_desc_sw128(sK, 16, 1024);
-    const u64 desc_v = wgmma_desc_sw128(sV, kBN * kPanelRowBytes, 1024);
+__device__ __forceinline__ void init_rows(RowState& st) {
+#pragma unroll
+    for (int i = 0; i < kD / 8 * 4; ++i) st.acc_o[i] = 0.f;
+    st.row_max[0] = st.row_max[1] = -FA_INF;
+    st.row_sum[0] = st.row_sum[1] = 0.f;
+}
 
-    float acc_o[kOTiles * 4];
+// S = Q K^T for this warpgroup's 64 rows (waits for the result).
+__device__ __forceinline__ void scores(float (&acc_s)[kBN / 8 * 4], u64 desc_q, u64 desc_k) {
 #pragma unroll
-    for (int i = 0; i < kOTiles * 4; ++i) acc_o[i] = 0.f;
-    float row_max[2] = {-FA_INF, -FA_INF}, row_sum[2] = {0.f, 0.f};
+    for (int i = 0; i < kBN / 8 * 4; ++i) acc_s[i] = 0.f;
+    wgmma_fence();
+#pragma unroll
+    for (int j = 0; j < kD / 16; ++j) mma_ss<kBN>(acc_s, desc_q + kmajor_step<kBM>(j), desc_k + kmajor_step<kBN>(j));
+    wgmma_commit();
+    wgmma_wait<0>();
+}
 
-    if (n_block_min < n_block_max) {
-        load_panels<kBM>(sQ, q, p.q_row_stride, row0, seqlen_q, p.head_dim, tid);
-        load_panels<kBN>(sK, k, p.k_row_stride, (n_block_max - 1) * kBN, seqlen_k, p.head_dim, tid);
-        cp_async_commit();
-    }
-
-    for (int n_block = n_block_max - 1; n_block >= n_block_min; --n_block) {
-        const int col0 = n_block * kBN;
-        cp_async_wait<0>();
-        fence_proxy_async();
-        __syncthreads();  // K[n] (and Q) landed and visible to wgmma; every warp is done with V[n+1]
-        load_panels<kBN>(sV, v, p.v_row_stride, col0, seqlen_k, p.head_dim, tid);
-        cp_async_commit();
-
-        float acc_s[kSTiles * 4];
+// Masks the block's scores where needed, then the online softmax on raw scores as flash_fwd.cu: base = fl(m c),
+// P = exp2(S c - base) left in acc_s, O and l rescaled by exp2(base_old - base).
+__device__ __forceinline__ void softmax_block(float (&acc_s)[kBN / 8 * 4], RowState& st, const FlashFwdParams& p, const BlockFrame& f,
+                                              int col0, int warp_row0, int g, int t) {
+    constexpr int kSTiles = kBN / 8, kOTiles = kD / 8;
+    // Element masks (-inf) only on blocks that cross the seqlen_k tail or a window edge.
+    const bool need_mask = col0 + kBN > f.seqlen_k
+        || (p.window_right >= 0 && col0 + kBN - 1 > f.row0 + f.offset + p.window_right)
+        || (p.window_left >= 0 && col0 < f.last_row + f.offset - p.window_left);
+    if (need_mask) {
 #pragma unroll
-        for (int i = 0; i < kSTiles * 4; ++i) acc_s[i] = 0.f;
-        wgmma_fence();
-#pragma unroll
-        for (int j = 0; j < kD / 16; ++j) mma_ss<kBN>(acc_s, desc_q + kmajor_step<kBM>(j), desc_k + kmajor_step<kBN>(j));
-        wgmma_commit();
-        wgmma_wait<0>();
-
-        // Element masks (-inf) only on blocks that cross the seqlen_k tail or a window edge.
-        const bool need_mask = col0 + kBN > seqlen_k
-            || (p.window_right >= 0 && col0 + kBN - 1 > row0 + offset + p.window_right)
-            || (p.window_left >= 0 && col0 < last_row + offset - p.window_left);
-        if (need_mask) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int diagonal = row0 + warp_row0 + g + (i >= 2 ? 8 : 0) + offset;
-                const int visible_end = p.window_right >= 0 ? min(seqlen_k, diagonal + p.window_right + 1) : seqlen_k;
-                const int visible_begin = p.window_left >= 0 ? diagonal - p.window_left : 0;
-#pragma unroll
-                for (int nt = 0; nt < kSTiles; ++nt) {
-                    const int col = col0 + nt * 8 + 2 * t + (i & 1);
-                    acc_s[nt * 4 + i] = (col < visible_begin || col >= visible_end) ? -FA_INF : acc_s[nt * 4 + i];
-                }
-            }
-        }
-
-        // Online softmax on raw scores, as flash_fwd.cu: base = fl(m c), P = exp2(S c - base), O and l rescaled by
-        // exp2(base_old - base).
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            float m = -FA_INF;
-#pragma unroll
-            for (int nt = 0; nt < kSTiles; ++nt) m = fmaxf(m, fmaxf(acc_s[nt * 4 + 2 * half], acc_s[nt * 4 + 2 * half + 1]));
-            m = fmaxf(row_max[half], quad_max(m));
-            const float base = m == -FA_INF ? 0.f : __fmul_rn(m, p.scale_log2);
-            const float rescale = fast_exp2(__fmul_rn(row_max[half], p.scale_log2) - base);
-            row_max[half] = m;
-            float sum = 0.f;
+        for (int i = 0; i < 4; ++i) {
+            const int diagonal = f.row0 + warp_row0 + g + (i >= 2 ? 8 : 0) + f.offset;
+            const int visible_end = p.window_right >= 0 ? min(f.seqlen_k, diagonal + p.window_right + 1) : f.seqlen_k;
+            const int visible_begin = p.window_left >= 0 ? diagonal - p.window_left : 0;
 #pragma unroll
             for (int nt = 0; nt < kSTiles; ++nt) {
-                const float p0 = fast_exp2(fmaf(acc_s[nt * 4 + 2 * half], p.scale_log2, -base));
-                const float p1 = fast_exp2(fmaf(acc_s[nt * 4 + 2 * half + 1], p.scale_log2, -base));
-                acc_s[nt * 4 + 2 * half] = p0;
-                acc_s[nt * 4 + 2 * half + 1] = p1;
-                sum += p0 + p1;
-            }
-            row_sum[half] = row_sum[half] * rescale + sum;
-#pragma unroll
-            for (int nt = 0; nt < kOTiles; ++nt) {
-                acc_o[nt * 4 + 2 * half] *= rescale;
-                acc_o[nt * 4 + 2 * half + 1] *= rescale;
+                const int col = col0 + nt * 8 + 2 * t + (i & 1);
+                acc_s[nt * 4 + i] = (col < visible_begin || col >= visible_end) ? -FA_INF : acc_s[nt * 4 + i];
             }
         }
-
-        cp_async_wait<0>();
-        fence_proxy_async();
-        __syncthreads();  // V[n] landed and visible to wgmma; every warp is done with K[n]
-        if (n_block > n_block_min) {
-            load_panels<kBN>(sK, k, p.k_row_stride, (n_block - 1) * kBN, seqlen_k, p.head_dim, tid);
-            cp_async_commit();
-        }
-
-        // O += P V: two adjacent n8 tiles of S are one k16 A fragment.
-        u32 pa[kBN / 16][4];
-#pragma unroll
-        for (int kk = 0; kk < kBN / 16; ++kk) {
-            pa[kk][0] = FaElement::pack(acc_s[(2 * kk) * 4 + 0], acc_s[(2 * kk) * 4 + 1]);
-            pa[kk][1] = FaElement::pack(acc_s[(2 * kk) * 4 + 2], acc_s[(2 * kk) * 4 + 3]);
-            pa[kk][2] = FaElement::pack(acc_s[(2 * kk + 1) * 4 + 0], acc_s[(2 * kk + 1) * 4 + 1]);
-            pa[kk][3] = FaElement::pack(acc_s[(2 * kk + 1) * 4 + 2], acc_s[(2 * kk + 1) * 4 + 3]);
-        }
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < kBN / 16; ++kk) mma_rs<kD>(acc_o, pa[kk], desc_v + (u64)((kk * 16 * kPanelRowBytes) >> 4));
-        wgmma_commit();
-        wgmma_wait<0>();
     }
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        float m = -FA_INF;
+#pragma unroll
+        for (int nt = 0; nt < kSTiles; ++nt) m = fmaxf(m, fmaxf(acc_s[nt * 4 + 2 * half], acc_s[nt * 4 + 2 * half + 1]));
+        m = fmaxf(st.row_max[half], quad_max(m));
+        const float base = m == -FA_INF ? 0.f : __fmul_rn(m, p.scale_log2);
+        const float rescale = fast_exp2(__fmul_rn(st.row_max[half], p.scale_log2) - base);
+        st.row_max[half] = m;
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < kSTiles; ++nt) {
+            const float p0 = fast_exp2(fmaf(acc_s[nt * 4 + 2 * half], p.scale_log2, -base));
+            const float p1 = fast_exp2(fmaf(acc_s[nt * 4 + 2 * half + 1], p.scale_log2, -base));
+            acc_s[nt * 4 + 2 * half] = p0;
+            acc_s[nt * 4 + 2 * half + 1] = p1;
+            sum += p0 + p1;
+        }
+        st.row_sum[half] = st.row_sum[half] * rescale + sum;
+#pragma unroll
+        for (int nt = 0; nt < kOTiles; ++nt) {
+            st.acc_o[nt * 4 + 2 * half] *= rescale;
+            st.acc_o[nt * 4 + 2 * half + 1] *= rescale;
+        }
+    }
+}
 
-    // Epilogue: O / l and LSE = base ln 2 + ln l; a row that saw no key writes O = 0 and LSE = +inf. O goes through this
-    // warp's own rows of the Q tile (every wgmma reading them has completed) so the global stores are 16-byte chunks.
+// O += P V: two adjacent n8 tiles of S are one k16 A fragment (waits for the result).
+__device__ __forceinline__ void accumulate_pv(const float (&acc_s)[kBN / 8 * 4], RowState& st, u64 desc_v) {
+    u32 pa[kBN / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+        pa[kk][0] = FaElement::pack(acc_s[(2 * kk) * 4 + 0], acc_s[(2 * kk) * 4 + 1]);
+        pa[kk][1] = FaElement::pack(acc_s[(2 * kk) * 4 + 2], acc_s[(2 * kk) * 4 + 3]);
+        pa[kk][2] = FaElement::pack(acc_s[(2 * kk + 1) * 4 + 0], acc_s[(2 * kk + 1) * 4 + 1]);
+        pa[kk][3] = FaElement::pack(acc_s[(2 * kk + 1) * 4 + 2], acc_s[(2 * kk + 1) * 4 + 3]);
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) mma_rs<kD>(st.acc_o, pa[kk], desc_v + (u64)((kk * 16 * kPanelRowBytes) >> 4));
+    wgmma_commit();
+    wgmma_wait<0>();
+}
+
+// Epilogue: O / l and LSE = base ln 2 + ln l; a row that saw no key writes O = 0 and LSE = +inf. O goes through this
+// warp's own rows of the Q tile (every wgmma reading them has completed) so the global stores are 16-byte chunks.
+__device__ __forceinline__ void store_rows(const RowState& st, const FlashFwdParams& p, const BlockFrame& f, u32 sQ, int warp_row0, int lane) {
+    constexpr int kOTiles = kD / 8;
+    const int g = lane / 4, t = lane % 4;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
         const int tile_row = warp_row0 + g + 8 * half;
-        const float sum = quad_sum(row_sum[half]);
+        const float sum = quad_sum(st.row_sum[half]);
         const bool empty = !(sum > 0.f);
         const float inv = empty ? 0.f : 1.f / sum;
 #pragma unroll
         for (int nt = 0; nt < kOTiles; ++nt) {
-            const u32 packed = FaElement::pack(acc_o[nt * 4 + 2 * half] * inv, acc_o[nt * 4 + 2 * half + 1] * inv);
+            const u32 packed = FaElement::pack(st.acc_o[nt * 4 + 2 * half] * inv, st.acc_o[nt * 4 + 2 * half + 1] * inv);
             asm volatile("st.shared.u32 [%0], %1;" :: "r"(sQ + panel_offset<kBM>(tile_row, nt) + 4 * t), "r"(packed));
         }
-        const int row = row0 + tile_row;
-        if (t == 0 && row < seqlen_q)
-            lse[row] = empty ? FA_INF : fmaf(__fmul_rn(row_max[half], p.scale_log2), 0.69314718055994531f, __logf(sum));
+        const int row = f.row0 + tile_row;
+        if (t == 0 && row < f.seqlen_q)
+            f.lse[row] = empty ? FA_INF : fmaf(__fmul_rn(st.row_max[half], p.scale_log2), 0.69314718055994531f, __logf(sum));
     }
     __syncwarp();
     constexpr int kChunks = kD / 8;
@@ -224,12 +232,126 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) flash_fwd_sm90_kernel(
     for (int i = 0; i < 16 * kChunks / 32; ++i) {
         const int idx = lane + i * 32;
         const int tile_row = warp_row0 + idx / kChunks, c = idx % kChunks;
-        const int row = row0 + tile_row;
-        if (row < seqlen_q && c * 8 < p.head_dim) {
+        const int row = f.row0 + tile_row;
+        if (row < f.seqlen_q && c * 8 < p.head_dim) {
             u32 x, y, z, w;
             asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(x), "=r"(y), "=r"(z), "=r"(w) : "r"(sQ + panel_offset<kBM>(tile_row, c)));
-            u16* dst = o + (long long)row * p.o_row_stride + c * 8;
+            u16* dst = f.o + (long long)row * p.o_row_stride + c * 8;
             asm volatile("st.global.v4.u32 [%0], {%1,%2,%3,%4};" :: "l"(dst), "r"(x), "r"(y), "r"(z), "r"(w));
         }
     }
 }
+
+#if FA_WARP_SPECIALIZED
+// Shared memory: Q, K[2], V[2] (1024-byte aligned tiles), then the mbarriers: q_full, k_full[2], k_empty[2], v_full[2],
+// v_empty[2]. Stage s of K (or V) holds key block n_block_max - 1 - i for the i-th block with i % 2 == s; its j-th use
+// (j = i / 2) completes "full" phase j and "empty" phase j.
+extern "C" __global__ void __launch_bounds__(kLaunchThreads, 1) flash_fwd_sm90_kernel(const FlashFwdParams p) {
+    extern __shared__ __align__(1024) unsigned char smem[];
+    constexpr u32 kTileK = kBN * kD * 2;
+    const u32 sQ = (smem_addr(smem) + 1023u) & ~1023u;   // the launcher adds 1024 bytes of slack
+    const u32 sK = sQ + kBM * kD * 2, sV = sK + 2 * kTileK, bars = sV + 2 * kTileK;
+    const u32 q_full = bars, k_full = bars + 8, k_empty = bars + 24, v_full = bars + 40, v_empty = bars + 56;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+
+    BlockFrame f;
+    if (!block_frame(p, f)) return;
+    if (tid == 0) {
+        mbar_init(q_full, kProducerThreads);
+        for (int s = 0; s < 2; ++s) {
+            mbar_init(k_full + 8 * s, kProducerThreads);
+            mbar_init(v_full + 8 * s, kProducerThreads);
+            mbar_init(k_empty + 8 * s, kThreads);
+            mbar_init(v_empty + 8 * s, kThreads);
+        }
+    }
+    __syncthreads();
+    const int blocks = max(0, f.n_block_max - f.n_block_min);
+
+    if (warp == kThreads / 32) {
+        // Producer warp: Q once, then K and V of each key block, each into its stage once the consumers freed it.
+        if (blocks == 0) return;
+        load_panels<kBM, kProducerThreads>(sQ, f.q, p.q_row_stride, f.row0, f.seqlen_q, p.head_dim, lane);
+        mbar_arrive_cp_async(q_full);
+        for (int i = 0; i < blocks; ++i) {
+            const int col0 = (f.n_block_max - 1 - i) * kBN, s = i % 2;
+            const u32 parity = ((i / 2) & 1) ^ 1;
+            mbar_wait(k_empty + 8 * s, parity);
+            load_panels<kBN, kProducerThreads>(sK + s * kTileK, f.k, p.k_row_stride, col0, f.seqlen_k, p.head_dim, lane);
+            mbar_arrive_cp_async(k_full + 8 * s);
+            mbar_wait(v_empty + 8 * s, parity);
+            load_panels<kBN, kProducerThreads>(sV + s * kTileK, f.v, p.v_row_stride, col0, f.seqlen_k, p.head_dim, lane);
+            mbar_arrive_cp_async(v_full + 8 * s);
+        }
+        return;
+    }
+
+    const int warpgroup = warp / 4, warp_row0 = warpgroup * 64 + (warp % 4) * 16, g = lane / 4, t = lane % 4;
+    // Descriptors: Q (this warpgroup's 64 rows) and K K-major, 8-row groups 1024 bytes apart; V N-major, the next 64
+    // dims a panel (kBN rows) further on, the next 8 keys 1024 bytes on, 16 keys per step.
+    const u64 desc_q = wgmma_desc_sw128(sQ + warpgroup * 64 * kPanelRowBytes, 16, 1024);
+    RowState st;
+    init_rows(st);
+    if (blocks > 0) {
+        mbar_wait(q_full, 0);
+        fence_proxy_async();
+    }
+    for (int i = 0; i < blocks; ++i) {
+        const int col0 = (f.n_block_max - 1 - i) * kBN, s = i % 2;
+        const u32 parity = (i / 2) & 1;
+        float acc_s[kBN / 8 * 4];
+        mbar_wait(k_full + 8 * s, parity);
+        fence_proxy_async();   // the producer's cp.async writes, seen by this thread's wgmma reads
+        scores(acc_s, desc_q, wgmma_desc_sw128(sK + s * kTileK, 16, 1024));
+        mbar_arrive(k_empty + 8 * s);
+        softmax_block(acc_s, st, p, f, col0, warp_row0, g, t);
+        mbar_wait(v_full + 8 * s, parity);
+        fence_proxy_async();
+        accumulate_pv(acc_s, st, wgmma_desc_sw128(sV + s * kTileK, kBN * kPanelRowBytes, 1024));
+        mbar_arrive(v_empty + 8 * s);
+    }
+    store_rows(st, p, f, sQ, warp_row0, lane);
+}
+#else
+extern "C" __global__ void __launch_bounds__(kThreads, FA_MIN_BLOCKS) flash_fwd_sm90_kernel(const FlashFwdParams p) {
+    extern __shared__ __align__(1024) unsigned char smem[];
+    const u32 sQ = (smem_addr(smem) + 1023u) & ~1023u;   // the launcher adds 1024 bytes of slack
+    const u32 sK = sQ + kBM * kD * 2, sV = sK + kBN * kD * 2;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    const int warpgroup = warp / 4, warp_row0 = warpgroup * 64 + (warp % 4) * 16;
+
+    BlockFrame f;
+    if (!block_frame(p, f)) return;
+    const u64 desc_q = wgmma_desc_sw128(sQ + warpgroup * 64 * kPanelRowBytes, 16, 1024);
+    const u64 desc_k = wgmma_desc_sw128(sK, 16, 1024);
+    const u64 desc_v = wgmma_desc_sw128(sV, kBN * kPanelRowBytes, 1024);
+    RowState st;
+    init_rows(st);
+
+    if (f.n_block_min < f.n_block_max) {
+        load_panels<kBM>(sQ, f.q, p.q_row_stride, f.row0, f.seqlen_q, p.head_dim, tid);
+        load_panels<kBN>(sK, f.k, p.k_row_stride, (f.n_block_max - 1) * kBN, f.seqlen_k, p.head_dim, tid);
+        cp_async_commit();
+    }
+    for (int n_block = f.n_block_max - 1; n_block >= f.n_block_min; --n_block) {
+        const int col0 = n_block * kBN;
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();  // K[n] (and Q) landed and visible to wgmma; every warp is done with V[n+1]
+        load_panels<kBN>(sV, f.v, p.v_row_stride, col0, f.seqlen_k, p.head_dim, tid);
+        cp_async_commit();
+        float acc_s[kBN / 8 * 4];
+        scores(acc_s, desc_q, desc_k);
+        softmax_block(acc_s, st, p, f, col0, warp_row0, g, t);
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();  // V[n] landed and visible to wgmma; every warp is done with K[n]
+        if (n_block > f.n_block_min) {
+            load_panels<kBN>(sK, f.k, p.k_row_stride, (n_block - 1) * kBN, f.seqlen_k, p.head_dim, tid);
+            cp_async_commit();
+        }
+        accumulate_pv(acc_s, st, desc_v);
+    }
+    store_rows(st, p, f, sQ, warp_row0, lane);
+}
+#endif
