@@ -43,7 +43,9 @@ internal static class CheckRunner
         var ref64 = ReferenceAttention.Backward(shape, settings, q, k, v, dOut);
         Func<float, float>? roundOperand = type == ElementType.Fp32 ? null : x => (float)type.Round(x); // P and dS as a 16-bit unfused run stores them
         var naiveForward = ReferenceAttention.Forward(shape, settings, qf, kf, vf, roundOperand);
-        float[] storedOutput = Array.ConvertAll(naiveForward.Output, x => (float)type.Round(x));
+        // The naive backward's D = rowsum(dO * O) reads the O under test, the one the backward is given: the backward is held
+        // to the unfused computation on the same inputs, O to the rule by the forward check (TEST-MATRIX.md, "Backward on the same O").
+        float[] storedOutput = Array.ConvertAll(Doubles(result.Output), x => (float)x);
         var forward = new CheckResult(c, "fwd", path.Name,
         [
             TensorCheck.Compare("O", Doubles(result.Output), ref64.Forward.Output, RoundThrough(naiveForward.Output, type), floor),

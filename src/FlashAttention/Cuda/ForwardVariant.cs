@@ -50,19 +50,22 @@ internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int Bloc
     private static readonly int? HopperMinBlocksOverride =
         int.TryParse(Environment.GetEnvironmentVariable("FLASHATTN_FWD_SM90_MIN_BLOCKS"), out int b) && b is 1 or 2 ? b : null;
 
-    /// <summary>Whether the Hopper kernel covers a call: an sm_90 device, head dims up to 128, no dropout, softcap or ALiBi.</summary>
+    /// <summary>Whether the Hopper kernel covers a call: an sm_90 device, any head dim (up to 256), no dropout, softcap or ALiBi.</summary>
     public static bool HopperCovers(string architecture, int headDim, bool dropout, bool softcap, bool alibi) =>
-        architecture == "sm_90a" && headDim <= 128 && !dropout && !softcap && !alibi;
+        architecture == "sm_90a" && headDim <= 256 && !dropout && !softcap && !alibi;
 
     /// <summary>The Hopper kernel's variant: 128 query rows (two warpgroups of 64), two CTAs per SM (one's softmax overlaps the
-    /// other's products), BlockN keys per step: 128 at head dim 64, 64 at 128, where the 128-register cap spills least. The
+    /// other's products), BlockN keys per step: 128 at head dim 64, 64 at 128, where the 128-register cap spills least (64
+    /// and one CTA per SM at 192 and 256). The
     /// best of the four (BlockN x CTAs per SM) on the H100 at s1k and s4k, causal or not (bench/NOTES.md).
     /// FLASHATTN_FWD_SM90_BLOCK_N and FLASHATTN_FWD_SM90_MIN_BLOCKS override them, for tuning.</summary>
     public static ForwardVariant ForHopper(int headDim, bool bfloat16)
     {
         int bucket = BucketOf(headDim);
+        // Head dims 192 and 256 hold 96 or 128 O accumulators a thread: one CTA per SM.
+        int minBlocks = HopperWarpSpecialized || bucket > 128 ? 1 : HopperMinBlocksOverride ?? 2;
         return new(bucket, bfloat16, BlockM: 128, BlockN: HopperBlockNOverride ?? (bucket == 64 ? 128 : 64), Warps: HopperWarpSpecialized ? 9 : 8,
-            RollQk: false, Hopper: true, MinBlocksPerSm: HopperWarpSpecialized ? 1 : HopperMinBlocksOverride ?? 2);
+            RollQk: false, Hopper: true, MinBlocksPerSm: minBlocks);
     }
 
     /// <summary>The Hopper kernel with its producer warp (9 warps) streams K and V through two stages each.</summary>

@@ -16,7 +16,7 @@ public sealed class CudaHopperForwardTests
     {
         var data = new TheoryData<bool, int, Dtype, string>();
         foreach (bool hopper in new[] { true, false })
-            foreach (int headDim in new[] { 64, 40, 128, 100 })
+            foreach (int headDim in new[] { 64, 40, 128, 100, 256, 200 })
                 foreach (var dtype in new[] { Dtype.Fp16, Dtype.Bf16 })
                     foreach (var mask in new[] { "none", "causal", "window(50,20)" })
                         data.Add(hopper, headDim, dtype, mask);
@@ -52,6 +52,8 @@ public sealed class CudaHopperForwardTests
     [InlineData(64, true)]
     [InlineData(128, false)]
     [InlineData(128, true)]
+    [InlineData(256, false)]
+    [InlineData(256, true)]
     public void LongSequencesMatchTheReference(int headDim, bool causal)
     {
         var device = GpuRequirement.SkipIfUnavailable();

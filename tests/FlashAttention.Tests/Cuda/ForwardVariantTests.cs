@@ -52,26 +52,29 @@ public sealed class HopperForwardVariantTests
     [InlineData("sm_90a", 64, false, false, false, true)]
     [InlineData("sm_90a", 128, false, false, false, true)]
     [InlineData("sm_90a", 100, false, false, false, true)]   // padded to the 128 bucket
-    [InlineData("sm_90a", 192, false, false, false, false)]
+    [InlineData("sm_90a", 192, false, false, false, true)]
+    [InlineData("sm_90a", 256, false, false, false, true)]
     [InlineData("sm_90a", 64, true, false, false, false)]    // dropout
     [InlineData("sm_90a", 64, false, true, false, false)]    // softcap
     [InlineData("sm_90a", 64, false, false, true, false)]    // ALiBi
     [InlineData("sm_80", 64, false, false, false, false)]
     [InlineData("sm_89", 128, false, false, false, false)]
-    public void CoversSm90HeadDimsUpTo128WithoutScoreOptions(string architecture, int headDim, bool dropout, bool softcap, bool alibi, bool covered) =>
+    public void CoversSm90WithoutScoreOptions(string architecture, int headDim, bool dropout, bool softcap, bool alibi, bool covered) =>
         Assert.Equal(covered, ForwardVariant.HopperCovers(architecture, headDim, dropout, softcap, alibi));
 
     [Theory]
     [InlineData(64, false)]
     [InlineData(128, true)]
+    [InlineData(256, true)]
     public void HopperVariantIsTwoWarpgroupsOfSixtyFourRowsInItsOwnSource(int headDim, bool bf16)
     {
         var hopper = ForwardVariant.ForHopper(headDim, bf16);
         Assert.True(hopper.Hopper);
         Assert.Equal((128, 8, 256), (hopper.BlockM, hopper.Warps, hopper.Threads));   // two warpgroups (FLASHATTN_FWD_SM90_WS unset)
         Assert.Equal(headDim == 64 ? 128 : 64, hopper.BlockN);
-        Assert.Equal(2, hopper.MinBlocksPerSm);
-        Assert.Contains("-DFA_MIN_BLOCKS=2", hopper.CompilerDefines);
+        int minBlocks = headDim <= 128 ? 2 : 1;   // 128 O accumulators a thread at head dim 256
+        Assert.Equal(minBlocks, hopper.MinBlocksPerSm);
+        Assert.Contains("-DFA_MIN_BLOCKS=" + minBlocks, hopper.CompilerDefines);
         Assert.Equal(("flash_fwd_sm90.cu", "flash_fwd_sm90_kernel"), (hopper.SourceFile, hopper.Kernel));
         Assert.StartsWith("flash_fwd_sm90_hdim" + headDim, hopper.Name);
         Assert.Equal((128 + 2 * hopper.BlockN) * headDim * 2 + 1024, hopper.SharedMemoryBytes);

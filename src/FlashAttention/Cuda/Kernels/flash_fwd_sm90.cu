@@ -12,8 +12,8 @@
 // frame for a TMA producer.
 // Tiles are stored in 64-column panels of 128-byte rows with the 128-byte swizzle wgmma reads (chunk ^ row % 8 inside
 // 1024-byte atoms), each tile 1024-byte aligned.
-// Not here (the launcher sends them to flash_fwd.cu): dropout, softcap, ALiBi, head dims above 128.
-// Variant (-D options): FA_HEAD_DIM (64, 128), FA_BLOCK_N (64, 128), FA_BF16, FA_WARP_SPECIALIZED (0, 1).
+// Not here (the launcher sends them to flash_fwd.cu): dropout, softcap, ALiBi.
+// Variant (-D options): FA_HEAD_DIM (64, 128, 192, 256), FA_BLOCK_N (64, 128), FA_BF16, FA_WARP_SPECIALIZED (0, 1).
 #include "fa_ptx.cuh"
 #include "fa_params.cuh"
 #include "fa_varlen.cuh"
@@ -33,12 +33,11 @@
 
 constexpr int kD = FA_HEAD_DIM;
 constexpr int kBM = 128, kBN = FA_BLOCK_N, kThreads = 256;   // kThreads: the two consumer warpgroups
-constexpr int kProducerThreads = 32;
 #if FA_WARP_SPECIALIZED
-constexpr int kLaunchThreads = kThreads + kProducerThreads;
+constexpr int kProducerThreads = 32, kLaunchThreads = kThreads + kProducerThreads;
 #endif
 constexpr int kPanelRowBytes = 128;   // 64 16-bit elements per panel row
-static_assert(kD % 64 == 0 && kD <= 128 && (kBN == 64 || kBN == 128), "sm90 forward tiling");
+static_assert(kD % 64 == 0 && kD <= 256 && (kBN == 64 || kBN == 128), "sm90 forward tiling");
 
 #if FA_BF16
 typedef Bf16 FaElement;
@@ -82,6 +81,8 @@ template <> __device__ __forceinline__ void mma_ss<128>(float (&d)[64], u64 a, u
 template <int N> __device__ __forceinline__ void mma_rs(float (&d)[N / 2], const u32 (&a)[4], u64 b);
 template <> __device__ __forceinline__ void mma_rs<64>(float (&d)[32], const u32 (&a)[4], u64 b) { FaWgmma::rs64(d, a, b); }
 template <> __device__ __forceinline__ void mma_rs<128>(float (&d)[64], const u32 (&a)[4], u64 b) { FaWgmma::rs128(d, a, b); }
+template <> __device__ __forceinline__ void mma_rs<192>(float (&d)[96], const u32 (&a)[4], u64 b) { FaWgmma::rs192(d, a, b); }
+template <> __device__ __forceinline__ void mma_rs<256>(float (&d)[128], const u32 (&a)[4], u64 b) { FaWgmma::rs256(d, a, b); }
 
 // The per-block state of one consumer thread: its O accumulators and the running max and sum of its two rows.
 struct RowState {
