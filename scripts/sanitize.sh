@@ -8,7 +8,7 @@
 #             varlen, returned probabilities, deterministic and wide-head-dim backward, split-KV decode with paged caches
 #   variants - CudaEveryVariantTests: every compile-time kernel variant the library can launch (each bucket, element type
 #             and combination of dropout, softcap, ALiBi and deterministic dQ; the narrow-window tiling; decode with each
-#             score option), once each on a small shape
+#             score option), once each on a small shape; with CudaHopperForwardTests, the sm_90 forward's variants
 #   unfused-rows - the unfused baseline's softmax and softmax-gradient row kernels alone, fed from the host
 #             (UnfusedSoftmaxKernelTests): no cuBLAS in the process, so racecheck sees only our kernels
 #   unfused - the unfused baseline (cuBLAS GEMMs + our softmax kernels), apart because its S and dP matrices are written
@@ -55,7 +55,8 @@ workload_command() {
             -method "FlashAttn.Tests.Cuda.CudaBackwardTests.DeterministicModeGivesBitwiseIdenticalGradients" \
             -method "FlashAttn.Tests.Cuda.CudaBackwardTests.WideHeadDimsHandleWindowsDropoutAndDeterminism" \
             -method "FlashAttn.Tests.Cuda.CudaKvCacheTests.MatchesReference" ;;
-    variants) echo artifacts/device/tests/FlashAttention.Tests -noColor -class FlashAttn.Tests.Cuda.CudaEveryVariantTests ;;
+    variants) echo artifacts/device/tests/FlashAttention.Tests -noColor -class FlashAttn.Tests.Cuda.CudaEveryVariantTests \
+                -class FlashAttn.Tests.Cuda.CudaHopperForwardTests ;;
     unfused-rows) echo artifacts/device/tests/FlashAttention.Tests -noColor -class FlashAttn.Tests.Cuda.UnfusedSoftmaxKernelTests ;;
     unfused) echo artifacts/device/tests/FlashAttention.Tests -noColor -class FlashAttn.Tests.Cuda.UnfusedAttentionTests \
                -method- FlashAttn.Tests.Cuda.UnfusedAttentionTests.ScoreMatrixThatDoesNotFitThrowsOutOfMemory ;;
