@@ -13,7 +13,8 @@
 // Tiles are stored in 64-column panels of 128-byte rows with the 128-byte swizzle wgmma reads (chunk ^ row % 8 inside
 // 1024-byte atoms), each tile 1024-byte aligned.
 // Not here (the launcher sends them to flash_fwd.cu): dropout, softcap, ALiBi.
-// Variant (-D options): FA_HEAD_DIM (64, 128, 192, 256), FA_BLOCK_N (64, 128), FA_BF16, FA_WARP_SPECIALIZED (0, 1).
+// Variant (-D options): FA_HEAD_DIM (64, 128, 192, 256), FA_BLOCK_N (64, 128), FA_BF16, FA_WARP_SPECIALIZED (0, 1),
+// FA_MIN_BLOCKS (1, 2).
 #include "fa_ptx.cuh"
 #include "fa_params.cuh"
 #include "fa_varlen.cuh"
