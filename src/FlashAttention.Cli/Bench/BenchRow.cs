@@ -37,6 +37,11 @@ internal sealed record BenchRow
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public double? WorkspaceMib { get; init; }
 
+    /// <summary>Feature rows: TFLOP/s counted on the tiles the kernels compute (FeatureCase.TileFlops), the measure issue 5 sets
+    /// for windows; left out when null.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public double? TflopsOnTiles { get; init; }
+
     /// <summary>DESIGN.md's optional feature key (softcap, alibi, window, varlen, ...); null for the plain sweep's rows.</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public string? Feature { get; init; }

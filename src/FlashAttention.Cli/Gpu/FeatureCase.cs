@@ -31,6 +31,24 @@ internal sealed record FeatureCase(string Feature, string Dtype, int Batch, int 
         }
     }
 
+    /// <summary>FLOPs of the tiles the kernels this row runs on <paramref name="architecture"/> compute (TileWork): forward
+    /// 4 d per pair, backward 10 d; null for varlen rows (their blocks follow each sequence).</summary>
+    public double? TileFlops(string architecture)
+    {
+        if (Lengths is not null) return null;
+        var options = Options(new Random(0));
+        int left = options.WindowLeft, right = Causal ? 0 : options.WindowRight;
+        bool bf16 = Dtype == "bf16", dropout = options.DropoutProbability > 0f, softcap = options.Softcap > 0f, alibi = options.AlibiSlopes is not null;
+        var forward = Cuda.ForwardVariant.Choose(architecture, HeadDim, bf16, dropout, softcap, alibi, left, right);
+        double flops = 4.0 * HeadDim * TileWork.ForwardPairs(Seqlen, Seqlen, forward.BlockM, forward.BlockN, left, right);
+        if (Mode != "fwd")
+        {
+            var backward = Cuda.BackwardVariant.For(HeadDim, bf16, false, dropout, softcap, alibi, Cuda.ForwardVariant.IsNarrowWindow(left, right));
+            flops += 10.0 * HeadDim * TileWork.BackwardPairs(Seqlen, Seqlen, backward.BlockN, backward.BlockM, left, right);
+        }
+        return flops * Batch * Heads;
+    }
+
     public string Label => $"{Mode} {Dtype} d{HeadDim}{(Causal ? " causal" : "")} {Feature}{(Feature == "window" ? $" ({Window.Left},{Window.Right})" : "")}";
 
     public AttentionOptions Options(Random random) => new()

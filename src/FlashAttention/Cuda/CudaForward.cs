@@ -17,10 +17,8 @@ internal static class CudaForward
     {
         if (shape.Batch == 0 || shape.MaxSeqlenQ == 0 || shape.HeadsQ == 0) return;
         bool bf16 = typeof(T) == typeof(BFloat16);
-        bool dropout = settings.Dropout.Enabled, softcap = settings.Softcap > 0f, alibi = settings.AlibiSlopes is not null;
-        var variant = ForwardVariant.UseHopper && ForwardVariant.HopperCovers(device.Architecture, shape.HeadDim, dropout, softcap, alibi)
-            ? ForwardVariant.ForHopper(shape.HeadDim, bf16)
-            : ForwardVariant.For(shape.HeadDim, bf16, dropout, softcap, alibi, ForwardVariant.IsNarrowWindow(settings.WindowLeft, settings.WindowRight));
+        var variant = ForwardVariant.Choose(device.Architecture, shape.HeadDim, bf16, settings.Dropout.Enabled, settings.Softcap > 0f,
+            settings.AlibiSlopes is not null, settings.WindowLeft, settings.WindowRight);
         var kernel = KernelLibrary.Get(device, variant.SourceFile, variant.Kernel, variant.Name, variant.CompilerDefines);
         kernel.SetMaxDynamicSharedMemory(variant.SharedMemoryBytes);
 

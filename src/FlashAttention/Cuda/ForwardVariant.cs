@@ -68,6 +68,15 @@ internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int Bloc
             RollQk: false, Hopper: true, MinBlocksPerSm: minBlocks);
     }
 
+    /// <summary>The variant a forward call runs: the Hopper kernel where it covers the call and is in use, otherwise the
+    /// FlashAttention-2 kernel (with the narrow-window tiling for narrow windows). CudaForward launches it; the bench counts
+    /// the tiles it computes.</summary>
+    public static ForwardVariant Choose(string architecture, int headDim, bool bfloat16, bool dropout, bool softcap, bool alibi,
+        int windowLeft, int windowRight) =>
+        UseHopper && HopperCovers(architecture, headDim, dropout, softcap, alibi)
+            ? ForHopper(headDim, bfloat16)
+            : For(headDim, bfloat16, dropout, softcap, alibi, IsNarrowWindow(windowLeft, windowRight));
+
     /// <summary>The Hopper kernel with its producer warp (9 warps) streams K and V through two stages each.</summary>
     private bool WarpSpecialized => Hopper && Warps == 9;
 
