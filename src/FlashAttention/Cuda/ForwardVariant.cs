@@ -40,10 +40,6 @@ internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int Bloc
     /// <summary>Whether covered calls take the Hopper kernel now.</summary>
     public static bool UseHopper => HopperPinned.Value ?? HopperEnabled;
 
-    /// <summary>FLASHATTN_FWD_SM90_WS=1 takes the Hopper kernel with a cp.async producer warp and mbarriers (slower on the
-    /// H100: bench/NOTES.md), for comparison.</summary>
-    private static readonly bool HopperWarpSpecialized = Environment.GetEnvironmentVariable("FLASHATTN_FWD_SM90_WS") == "1";
-
     private static readonly int? HopperBlockNOverride =
         int.TryParse(Environment.GetEnvironmentVariable("FLASHATTN_FWD_SM90_BLOCK_N"), out int n) && n is 64 or 128 ? n : null;
 
@@ -56,16 +52,16 @@ internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int Bloc
 
     /// <summary>The Hopper kernel's variant: 128 query rows (two warpgroups of 64), two CTAs per SM (one's softmax overlaps the
     /// other's products), BlockN keys per step: 128 at head dim 64, 64 at 128, where the 128-register cap spills least (64
-    /// and one CTA per SM at 192 and 256). The
-    /// best of the four (BlockN x CTAs per SM) on the H100 at s1k and s4k, causal or not (bench/NOTES.md).
+    /// and one CTA per SM at 192 and 256). The best of the four (BlockN x CTAs per SM) on the H100 at s1k and s4k, causal
+    /// or not (bench/NOTES.md).
     /// FLASHATTN_FWD_SM90_BLOCK_N and FLASHATTN_FWD_SM90_MIN_BLOCKS override them, for tuning.</summary>
     public static ForwardVariant ForHopper(int headDim, bool bfloat16)
     {
         int bucket = BucketOf(headDim);
         // Head dims 192 and 256 hold 96 or 128 O accumulators a thread: one CTA per SM.
-        int minBlocks = HopperWarpSpecialized || bucket > 128 ? 1 : HopperMinBlocksOverride ?? 2;
-        return new(bucket, bfloat16, BlockM: 128, BlockN: HopperBlockNOverride ?? (bucket == 64 ? 128 : 64), Warps: HopperWarpSpecialized ? 9 : 8,
-            RollQk: false, Hopper: true, MinBlocksPerSm: minBlocks);
+        int minBlocks = bucket > 128 ? 1 : HopperMinBlocksOverride ?? 2;
+        return new(bucket, bfloat16, BlockM: 128, BlockN: HopperBlockNOverride ?? (bucket == 64 ? 128 : 64), Warps: 8, RollQk: false,
+            Hopper: true, MinBlocksPerSm: minBlocks);
     }
 
     /// <summary>The variant a forward call runs: the Hopper kernel where it covers the call and is in use, otherwise the
@@ -76,9 +72,6 @@ internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int Bloc
         UseHopper && HopperCovers(architecture, headDim, dropout, softcap, alibi)
             ? ForHopper(headDim, bfloat16)
             : For(headDim, bfloat16, dropout, softcap, alibi, IsNarrowWindow(windowLeft, windowRight));
-
-    /// <summary>The Hopper kernel with its producer warp (9 warps) streams K and V through two stages each.</summary>
-    private bool WarpSpecialized => Hopper && Warps == 9;
 
     public static ForwardVariant For(int headDim, bool bfloat16, bool dropout = false, bool softcap = false, bool alibi = false,
         bool narrowWindow = false) => (BucketOf(headDim) switch
@@ -109,19 +102,17 @@ internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int Bloc
 
     /// <summary>flash-attn style name, e.g. flash_fwd_hdim128_bf16.</summary>
     public string Name => Hopper
-        ? $"flash_fwd_sm90_hdim{HeadDimBucket}_n{BlockN}_b{MinBlocksPerSm}_{(BFloat16 ? "bf16" : "fp16")}{(WarpSpecialized ? "_ws" : "")}"
+        ? $"flash_fwd_sm90_hdim{HeadDimBucket}_n{BlockN}_b{MinBlocksPerSm}_{(BFloat16 ? "bf16" : "fp16")}"
         : $"flash_fwd_hdim{HeadDimBucket}{TilingTag}_{(BFloat16 ? "bf16" : "fp16")}{(Dropout ? "_dropout" : "")}{(Softcap ? "_softcap" : "")}{(Alibi ? "_alibi" : "")}";
 
     /// <summary>Q, K and V tiles in 16-bit elements (the Hopper kernel aligns them to 1024 bytes: 1024 bytes of slack).</summary>
-    public int SharedMemoryBytes => WarpSpecialized
-        ? (BlockM + 4 * BlockN) * HeadDimBucket * 2 + 1024 + 128   // two stages of K and V, and the mbarriers
-        : (BlockM + 2 * BlockN) * HeadDimBucket * 2 + (Hopper ? 1024 : 0);
+    public int SharedMemoryBytes => (BlockM + 2 * BlockN) * HeadDimBucket * 2 + (Hopper ? 1024 : 0);
 
     public int Threads => Warps * 32;
 
     public IReadOnlyList<string> CompilerDefines => Hopper
         ? [Define("FA_HEAD_DIM", HeadDimBucket), Define("FA_BLOCK_N", BlockN), Define("FA_BF16", BFloat16 ? 1 : 0),
-            Define("FA_WARP_SPECIALIZED", WarpSpecialized ? 1 : 0), Define("FA_MIN_BLOCKS", MinBlocksPerSm)]
+            Define("FA_MIN_BLOCKS", MinBlocksPerSm)]
         :
     [
         Define("FA_HEAD_DIM", HeadDimBucket), Define("FA_BLOCK_M", BlockM), Define("FA_BLOCK_N", BlockN),

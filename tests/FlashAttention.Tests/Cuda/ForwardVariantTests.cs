@@ -70,7 +70,7 @@ public sealed class HopperForwardVariantTests
     {
         var hopper = ForwardVariant.ForHopper(headDim, bf16);
         Assert.True(hopper.Hopper);
-        Assert.Equal((128, 8, 256), (hopper.BlockM, hopper.Warps, hopper.Threads));   // two warpgroups (FLASHATTN_FWD_SM90_WS unset)
+        Assert.Equal((128, 8, 256), (hopper.BlockM, hopper.Warps, hopper.Threads));   // two warpgroups
         Assert.Equal(headDim == 64 ? 128 : 64, hopper.BlockN);
         int minBlocks = headDim <= 128 ? 2 : 1;   // 128 O accumulators a thread at head dim 256
         Assert.Equal(minBlocks, hopper.MinBlocksPerSm);

@@ -64,23 +64,3 @@ struct NAME {                                                                   
 FA_WGMMA_OPS(WgmmaF16, "f16")
 FA_WGMMA_OPS(WgmmaBf16, "bf16")
 #undef FA_WGMMA_OPS
-
-// mbarriers in shared memory (sm_90): a producer fills a buffer and signals "full", consumers drain it and signal "empty".
-__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(u32 bar) {
-    asm volatile("{ .reg .b64 state; mbarrier.arrive.shared::cta.b64 state, [%0]; }" :: "r"(bar) : "memory");
-}
-// Arrives on the barrier once every cp.async this thread issued before has landed (the barrier counts this arrival).
-__device__ __forceinline__ void mbar_arrive_cp_async(u32 bar) {
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" :: "r"(bar) : "memory");
-}
-// Waits until the phase with the given parity has completed (a fresh barrier counts phase "1" as completed).
-__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
-    u32 done;
-    do {
-        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-    } while (!done);
-}

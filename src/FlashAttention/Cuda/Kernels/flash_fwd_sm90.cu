@@ -3,18 +3,15 @@
 // key block, key blocks visited from the last visible one down), with both products on wgmma:
 //   S = Q K^T   m64 x BN x 16 steps, A (Q) and B (K) read from shared memory through descriptors (K-major);
 //   O += P V    m64 x D x 16 steps, A (P) from the registers the softmax left it in, B (V) from shared memory (N-major).
-// Two consumer warpgroups own 64 query rows each; inside a warpgroup warp w owns rows 16w..16w+15 in the same fragment
+// Two warpgroups own 64 query rows each; inside a warpgroup warp w owns rows 16w..16w+15 in the same fragment
 // layout as mma.sync's, so the mask and softmax code is the FA2 kernel's with one m-tile per warp.
-// By default all 256 threads load tiles with cp.async and both warpgroups meet at two CTA barriers per key block.
-// FA_WARP_SPECIALIZED=1 adds a producer warp (warp 8) that streams Q, then K and V through two stages each with cp.async,
-// signalling "full" mbarriers, the consumers signalling "empty" ones, so the warpgroups never wait for each other. It is
-// correct but slower on the H100 (one warp cannot issue cp.async fast enough: -25% to -30%, bench/NOTES.md); it is the
-// frame for a TMA producer.
+// All 256 threads load tiles with cp.async and both warpgroups meet at two CTA barriers per key block. (A cp.async
+// producer warp with mbarriers was correct but 25-30% slower on the H100: one warp cannot issue the copies fast enough;
+// bench/NOTES.md, and the code is in the history at fba02bf. A TMA producer is the next attempt.)
 // Tiles are stored in 64-column panels of 128-byte rows with the 128-byte swizzle wgmma reads (chunk ^ row % 8 inside
 // 1024-byte atoms), each tile 1024-byte aligned.
 // Not here (the launcher sends them to flash_fwd.cu): dropout, softcap, ALiBi.
-// Variant (-D options): FA_HEAD_DIM (64, 128, 192, 256), FA_BLOCK_N (64, 128), FA_BF16, FA_WARP_SPECIALIZED (0, 1),
-// FA_MIN_BLOCKS (1, 2).
+// Variant (-D options): FA_HEAD_DIM (64, 128, 192, 256), FA_BLOCK_N (64, 128), FA_BF16, FA_MIN_BLOCKS (1, 2).
 #include "fa_ptx.cuh"
 #include "fa_params.cuh"
 #include "fa_varlen.cuh"
@@ -23,9 +20,6 @@
 #ifndef FA_BLOCK_N
 #define FA_BLOCK_N 128
 #endif
-#ifndef FA_WARP_SPECIALIZED
-#define FA_WARP_SPECIALIZED 0
-#endif
 // CTAs per SM the register allocation must allow (__launch_bounds__): 2 caps a thread at 128 registers, so that two CTAs
 // share an SM and one's softmax can overlap the other's products.
 #ifndef FA_MIN_BLOCKS
@@ -33,10 +27,7 @@
 #endif
 
 constexpr int kD = FA_HEAD_DIM;
-constexpr int kBM = 128, kBN = FA_BLOCK_N, kThreads = 256;   // kThreads: the two consumer warpgroups
-#if FA_WARP_SPECIALIZED
-constexpr int kProducerThreads = 32, kLaunchThreads = kThreads + kProducerThreads;
-#endif
+constexpr int kBM = 128, kBN = FA_BLOCK_N, kThreads = 256;   // two warpgroups
 constexpr int kPanelRowBytes = 128;   // 64 16-bit elements per panel row
 static_assert(kD % 64 == 0 && kD <= 256 && (kBN == 64 || kBN == 128), "sm90 forward tiling");
 
@@ -56,14 +47,14 @@ __device__ __forceinline__ u32 panel_offset(int r, int c) {
 
 // Rows [row0, row0 + ROWS) of a (rows x head_dim) slab into a panel tile; rows at or past row_limit and columns at or
 // past head_dim are zero-filled.
-template <int ROWS, int THREADS = kThreads>
+template <int ROWS>
 __device__ __forceinline__ void load_panels(u32 tile, const u16* base, long long row_stride, int row0, int row_limit, int head_dim, int tid) {
     constexpr int kChunks = kD / 8;
-    static_assert((ROWS * kChunks) % THREADS == 0, "chunks divide over the threads");
+    static_assert((ROWS * kChunks) % kThreads == 0, "chunks divide over the threads");
     const bool whole = row0 + ROWS <= row_limit && head_dim == kD;
 #pragma unroll 8
-    for (int i = 0; i < ROWS * kChunks / THREADS; ++i) {
-        const int idx = tid + i * THREADS, r = idx / kChunks, c = idx % kChunks;
+    for (int i = 0; i < ROWS * kChunks / kThreads; ++i) {
+        const int idx = tid + i * kThreads, r = idx / kChunks, c = idx % kChunks;
         const int row = row0 + r;
         const bool inside = whole || (row < row_limit && c * 8 < head_dim);
         const u16* src = inside ? base + (long long)row * row_stride + c * 8 : base;
@@ -244,77 +235,6 @@ __device__ __forceinline__ void store_rows(const RowState& st, const FlashFwdPar
     }
 }
 
-#if FA_WARP_SPECIALIZED
-// Shared memory: Q, K[2], V[2] (1024-byte aligned tiles), then the mbarriers: q_full, k_full[2], k_empty[2], v_full[2],
-// v_empty[2]. Stage s of K (or V) holds key block n_block_max - 1 - i for the i-th block with i % 2 == s; its j-th use
-// (j = i / 2) completes "full" phase j and "empty" phase j.
-extern "C" __global__ void __launch_bounds__(kLaunchThreads, 1) flash_fwd_sm90_kernel(const FlashFwdParams p) {
-    extern __shared__ __align__(1024) unsigned char smem[];
-    constexpr u32 kTileK = kBN * kD * 2;
-    const u32 sQ = (smem_addr(smem) + 1023u) & ~1023u;   // the launcher adds 1024 bytes of slack
-    const u32 sK = sQ + kBM * kD * 2, sV = sK + 2 * kTileK, bars = sV + 2 * kTileK;
-    const u32 q_full = bars, k_full = bars + 8, k_empty = bars + 24, v_full = bars + 40, v_empty = bars + 56;
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-
-    BlockFrame f;
-    if (!block_frame(p, f)) return;
-    if (tid == 0) {
-        mbar_init(q_full, kProducerThreads);
-        for (int s = 0; s < 2; ++s) {
-            mbar_init(k_full + 8 * s, kProducerThreads);
-            mbar_init(v_full + 8 * s, kProducerThreads);
-            mbar_init(k_empty + 8 * s, kThreads);
-            mbar_init(v_empty + 8 * s, kThreads);
-        }
-    }
-    __syncthreads();
-    const int blocks = max(0, f.n_block_max - f.n_block_min);
-
-    if (warp == kThreads / 32) {
-        // Producer warp: Q once, then K and V of each key block, each into its stage once the consumers freed it.
-        if (blocks == 0) return;
-        load_panels<kBM, kProducerThreads>(sQ, f.q, p.q_row_stride, f.row0, f.seqlen_q, p.head_dim, lane);
-        mbar_arrive_cp_async(q_full);
-        for (int i = 0; i < blocks; ++i) {
-            const int col0 = (f.n_block_max - 1 - i) * kBN, s = i % 2;
-            const u32 parity = ((i / 2) & 1) ^ 1;
-            mbar_wait(k_empty + 8 * s, parity);
-            load_panels<kBN, kProducerThreads>(sK + s * kTileK, f.k, p.k_row_stride, col0, f.seqlen_k, p.head_dim, lane);
-            mbar_arrive_cp_async(k_full + 8 * s);
-            mbar_wait(v_empty + 8 * s, parity);
-            load_panels<kBN, kProducerThreads>(sV + s * kTileK, f.v, p.v_row_stride, col0, f.seqlen_k, p.head_dim, lane);
-            mbar_arrive_cp_async(v_full + 8 * s);
-        }
-        return;
-    }
-
-    const int warpgroup = warp / 4, warp_row0 = warpgroup * 64 + (warp % 4) * 16, g = lane / 4, t = lane % 4;
-    // Descriptors: Q (this warpgroup's 64 rows) and K K-major, 8-row groups 1024 bytes apart; V N-major, the next 64
-    // dims a panel (kBN rows) further on, the next 8 keys 1024 bytes on, 16 keys per step.
-    const u64 desc_q = wgmma_desc_sw128(sQ + warpgroup * 64 * kPanelRowBytes, 16, 1024);
-    RowState st;
-    init_rows(st);
-    if (blocks > 0) {
-        mbar_wait(q_full, 0);
-        fence_proxy_async();
-    }
-    for (int i = 0; i < blocks; ++i) {
-        const int col0 = (f.n_block_max - 1 - i) * kBN, s = i % 2;
-        const u32 parity = (i / 2) & 1;
-        float acc_s[kBN / 8 * 4];
-        mbar_wait(k_full + 8 * s, parity);
-        fence_proxy_async();   // the producer's cp.async writes, seen by this thread's wgmma reads
-        scores(acc_s, desc_q, wgmma_desc_sw128(sK + s * kTileK, 16, 1024));
-        mbar_arrive(k_empty + 8 * s);
-        softmax_block(acc_s, st, p, f, col0, warp_row0, g, t);
-        mbar_wait(v_full + 8 * s, parity);
-        fence_proxy_async();
-        accumulate_pv(acc_s, st, wgmma_desc_sw128(sV + s * kTileK, kBN * kPanelRowBytes, 1024));
-        mbar_arrive(v_empty + 8 * s);
-    }
-    store_rows(st, p, f, sQ, warp_row0, lane);
-}
-#else
 extern "C" __global__ void __launch_bounds__(kThreads, FA_MIN_BLOCKS) flash_fwd_sm90_kernel(const FlashFwdParams p) {
     extern __shared__ __align__(1024) unsigned char smem[];
     const u32 sQ = (smem_addr(smem) + 1023u) & ~1023u;   // the launcher adds 1024 bytes of slack
@@ -356,4 +276,3 @@ extern "C" __global__ void __launch_bounds__(kThreads, FA_MIN_BLOCKS) flash_fwd_
     }
     store_rows(st, p, f, sQ, warp_row0, lane);
 }
-#endif
