@@ -39,9 +39,9 @@ public sealed class CudaDevice
     /// </summary>
     public string Architecture { get; }
 
-    /// <summary>The forward kernel family that calls without dropout, softcap or ALiBi take on this device: "sm90-wgmma"
+    /// <summary>The forward kernel family that calls without dropout take on this device: "sm90-wgmma"
     /// (Kernels/flash_fwd_sm90.cu) on sm_90 unless FLASHATTN_FWD_SM90=0, otherwise "fa2" (Kernels/flash_fwd.cu, which also
-    /// takes every call with those options).</summary>
+    /// takes every call with dropout).</summary>
     public string ForwardKernelFamily =>
         ForwardVariant.UseHopper && ForwardVariant.HopperCovers(Architecture, 64, false, false, false) ? "sm90-wgmma" : "fa2";
 

@@ -46,22 +46,29 @@ internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int Bloc
     private static readonly int? HopperMinBlocksOverride =
         int.TryParse(Environment.GetEnvironmentVariable("FLASHATTN_FWD_SM90_MIN_BLOCKS"), out int b) && b is 1 or 2 ? b : null;
 
-    /// <summary>Whether the Hopper kernel covers a call: an sm_90 device, any head dim (up to 256), no dropout, softcap or ALiBi.</summary>
+    /// <summary>Whether the Hopper kernel covers a call: an sm_90 device, any head dim (up to 256), no dropout (softcap and
+    /// ALiBi are compile-time variants of it, as of the FlashAttention-2 kernel).</summary>
     public static bool HopperCovers(string architecture, int headDim, bool dropout, bool softcap, bool alibi) =>
-        architecture == "sm_90a" && headDim <= 256 && !dropout && !softcap && !alibi;
+        architecture == "sm_90a" && headDim <= 256 && !dropout;
 
     /// <summary>The Hopper kernel's variant: 128 query rows (two warpgroups of 64), two CTAs per SM (one's softmax overlaps the
     /// other's products), BlockN keys per step: 128 at head dim 64, 64 at 128, where the 128-register cap spills least (64
     /// and one CTA per SM at 192 and 256). The best of the four (BlockN x CTAs per SM) on the H100 at s1k and s4k, causal
-    /// or not (bench/NOTES.md).
+    /// or not (bench/NOTES.md). Narrow windows at head dim 64 take 64 query rows (one warpgroup, four CTAs per SM, the same
+    /// 128 registers, no spills) and 64 keys: a narrow window's key range slides with the query block, so smaller tiles
+    /// compute fewer masked scores at its edges (+9% at (256, 256), +17% at (256, 0)). At head dim 128 the same tiling
+    /// spills 200 bytes at four CTAs per SM and loses 7-12% at two, so it keeps 128 rows.
     /// FLASHATTN_FWD_SM90_BLOCK_N and FLASHATTN_FWD_SM90_MIN_BLOCKS override them, for tuning.</summary>
-    public static ForwardVariant ForHopper(int headDim, bool bfloat16)
+    public static ForwardVariant ForHopper(int headDim, bool bfloat16, bool softcap = false, bool alibi = false, bool narrowWindow = false)
     {
         int bucket = BucketOf(headDim);
+        if (narrowWindow && bucket == 64)
+            return new(bucket, bfloat16, BlockM: 64, BlockN: HopperBlockNOverride ?? 64, Warps: 4, RollQk: false,
+                Softcap: softcap, Alibi: alibi, Hopper: true, MinBlocksPerSm: 2 * (HopperMinBlocksOverride ?? 2));
         // Head dims 192 and 256 hold 96 or 128 O accumulators a thread: one CTA per SM.
         int minBlocks = bucket > 128 ? 1 : HopperMinBlocksOverride ?? 2;
         return new(bucket, bfloat16, BlockM: 128, BlockN: HopperBlockNOverride ?? (bucket == 64 ? 128 : 64), Warps: 8, RollQk: false,
-            Hopper: true, MinBlocksPerSm: minBlocks);
+            Softcap: softcap, Alibi: alibi, Hopper: true, MinBlocksPerSm: minBlocks);
     }
 
     /// <summary>The variant a forward call runs: the Hopper kernel where it covers the call and is in use, otherwise the
@@ -70,7 +77,7 @@ internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int Bloc
     public static ForwardVariant Choose(string architecture, int headDim, bool bfloat16, bool dropout, bool softcap, bool alibi,
         int windowLeft, int windowRight) =>
         UseHopper && HopperCovers(architecture, headDim, dropout, softcap, alibi)
-            ? ForHopper(headDim, bfloat16)
+            ? ForHopper(headDim, bfloat16, softcap, alibi, IsNarrowWindow(windowLeft, windowRight))
             : For(headDim, bfloat16, dropout, softcap, alibi, IsNarrowWindow(windowLeft, windowRight));
 
     public static ForwardVariant For(int headDim, bool bfloat16, bool dropout = false, bool softcap = false, bool alibi = false,
@@ -95,15 +102,17 @@ internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int Bloc
     public static bool IsNarrowWindow(int windowLeft, int windowRight) =>
         windowLeft >= 0 && windowRight >= 0 && (long)windowLeft + windowRight + 1 <= NarrowWindowSpan;
 
-    /// <summary>Name suffix of the narrow-window tiling.</summary>
+    /// <summary>Name suffix of the narrow-window tilings (64 query rows).</summary>
     private string TilingTag => BlockM == 128 ? "" : $"_m{BlockM}";
 
     public static int BucketOf(int headDim) => headDim <= 64 ? 64 : headDim <= 128 ? 128 : headDim <= 192 ? 192 : 256;
 
     /// <summary>flash-attn style name, e.g. flash_fwd_hdim128_bf16.</summary>
     public string Name => Hopper
-        ? $"flash_fwd_sm90_hdim{HeadDimBucket}_n{BlockN}_b{MinBlocksPerSm}_{(BFloat16 ? "bf16" : "fp16")}"
-        : $"flash_fwd_hdim{HeadDimBucket}{TilingTag}_{(BFloat16 ? "bf16" : "fp16")}{(Dropout ? "_dropout" : "")}{(Softcap ? "_softcap" : "")}{(Alibi ? "_alibi" : "")}";
+        ? $"flash_fwd_sm90_hdim{HeadDimBucket}{TilingTag}_n{BlockN}_b{MinBlocksPerSm}_{(BFloat16 ? "bf16" : "fp16")}{ModifierTags}"
+        : $"flash_fwd_hdim{HeadDimBucket}{TilingTag}_{(BFloat16 ? "bf16" : "fp16")}{(Dropout ? "_dropout" : "")}{ModifierTags}";
+
+    private string ModifierTags => (Softcap ? "_softcap" : "") + (Alibi ? "_alibi" : "");
 
     /// <summary>Q, K and V tiles in 16-bit elements (the Hopper kernel aligns them to 1024 bytes: 1024 bytes of slack).</summary>
     public int SharedMemoryBytes => (BlockM + 2 * BlockN) * HeadDimBucket * 2 + (Hopper ? 1024 : 0);
@@ -111,8 +120,8 @@ internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int Bloc
     public int Threads => Warps * 32;
 
     public IReadOnlyList<string> CompilerDefines => Hopper
-        ? [Define("FA_HEAD_DIM", HeadDimBucket), Define("FA_BLOCK_N", BlockN), Define("FA_BF16", BFloat16 ? 1 : 0),
-            Define("FA_MIN_BLOCKS", MinBlocksPerSm)]
+        ? [Define("FA_HEAD_DIM", HeadDimBucket), Define("FA_BLOCK_N", BlockN), Define("FA_WARPGROUPS", BlockM / 64), Define("FA_BF16", BFloat16 ? 1 : 0),
+            Define("FA_MIN_BLOCKS", MinBlocksPerSm), Define("FA_SOFTCAP", Softcap ? 1 : 0), Define("FA_ALIBI", Alibi ? 1 : 0)]
         :
     [
         Define("FA_HEAD_DIM", HeadDimBucket), Define("FA_BLOCK_M", BlockM), Define("FA_BLOCK_N", BlockN),

@@ -38,10 +38,13 @@ public static class KernelWarmup
         if (ForwardVariant.HopperCovers(architecture, 128, false, false, false) && (everyVariant || ForwardVariant.UseHopper))
             foreach (int bucket in Buckets)
                 foreach (bool bf16 in Flags)
-                {
-                    var hopper = ForwardVariant.ForHopper(bucket, bf16);
-                    yield return (hopper.SourceFile, hopper.Kernel, hopper.Name, hopper.CompilerDefines);
-                }
+                    foreach (bool softcap in everyVariant ? Flags : [false])
+                        foreach (bool alibi in everyVariant ? Flags : [false])
+                            foreach (bool narrow in everyVariant ? Flags : [false])   // 64-row tiling for narrow windows at head dim 64
+                            {
+                                var hopper = ForwardVariant.ForHopper(bucket, bf16, softcap, alibi, narrow);
+                                yield return (hopper.SourceFile, hopper.Kernel, hopper.Name, hopper.CompilerDefines);
+                            }
         bool[] options = everyVariant ? Flags : [false];
         foreach (int bucket in Buckets)
             foreach (bool bf16 in Flags)

@@ -54,12 +54,14 @@ public sealed class HopperForwardVariantTests
     [InlineData("sm_90a", 100, false, false, false, true)]   // padded to the 128 bucket
     [InlineData("sm_90a", 192, false, false, false, true)]
     [InlineData("sm_90a", 256, false, false, false, true)]
-    [InlineData("sm_90a", 64, true, false, false, false)]    // dropout
-    [InlineData("sm_90a", 64, false, true, false, false)]    // softcap
-    [InlineData("sm_90a", 64, false, false, true, false)]    // ALiBi
+    [InlineData("sm_90a", 64, true, false, false, false)]    // dropout goes to the FlashAttention-2 kernel
+    [InlineData("sm_90a", 64, false, true, false, true)]     // softcap
+    [InlineData("sm_90a", 64, false, false, true, true)]     // ALiBi
+    [InlineData("sm_90a", 256, false, true, true, true)]
     [InlineData("sm_80", 64, false, false, false, false)]
+    [InlineData("sm_80", 64, false, true, false, false)]
     [InlineData("sm_89", 128, false, false, false, false)]
-    public void CoversSm90WithoutScoreOptions(string architecture, int headDim, bool dropout, bool softcap, bool alibi, bool covered) =>
+    public void CoversSm90WithoutDropout(string architecture, int headDim, bool dropout, bool softcap, bool alibi, bool covered) =>
         Assert.Equal(covered, ForwardVariant.HopperCovers(architecture, headDim, dropout, softcap, alibi));
 
     [Theory]
@@ -80,5 +82,45 @@ public sealed class HopperForwardVariantTests
         Assert.Equal((128 + 2 * hopper.BlockN) * headDim * 2 + 1024, hopper.SharedMemoryBytes);
         Assert.DoesNotContain(hopper.CompilerDefines, d => d.StartsWith("-DFA_WARPS", StringComparison.Ordinal));
         Assert.NotEqual(ForwardVariant.For(headDim, bf16).Name, hopper.Name);
+        Assert.Contains("-DFA_SOFTCAP=0", hopper.CompilerDefines);
+        Assert.Contains("-DFA_ALIBI=0", hopper.CompilerDefines);
+    }
+
+    [Theory]
+    [InlineData(64, true)]
+    [InlineData(128, false)]
+    [InlineData(256, true)]
+    public void NarrowWindowsTakeOneWarpgroupAtHeadDim64(int headDim, bool bf16)
+    {
+        ForwardVariant.HopperPinned.Value = true;
+        var narrow = ForwardVariant.Choose("sm_90a", headDim, bf16, false, false, false, windowLeft: 256, windowRight: 0);
+        var wide = ForwardVariant.Choose("sm_90a", headDim, bf16, false, false, false, windowLeft: 4096, windowRight: 0);
+        Assert.True(narrow.Hopper && wide.Hopper);
+        Assert.Equal(ForwardVariant.ForHopper(headDim, bf16), wide);
+        if (headDim > 64)
+        {
+            Assert.Equal(wide, narrow);   // measured slower at 128 (spills at four CTAs per SM): the 128-row tiling
+            return;
+        }
+        Assert.Equal((64, 4, 128, 64, 4), (narrow.BlockM, narrow.Warps, narrow.Threads, narrow.BlockN, narrow.MinBlocksPerSm));
+        Assert.Contains("-DFA_WARPGROUPS=1", narrow.CompilerDefines);
+        Assert.Contains("-DFA_WARPGROUPS=2", wide.CompilerDefines);
+        Assert.Contains("_m64_", narrow.Name, StringComparison.Ordinal);
+        Assert.NotEqual(wide.Name, narrow.Name);
+    }
+
+    [Theory]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    [InlineData(true, true)]
+    public void ScoreModifiersAreCompiledInAndNamed(bool softcap, bool alibi)
+    {
+        var hopper = ForwardVariant.ForHopper(128, bfloat16: true, softcap, alibi);
+        Assert.Contains("-DFA_SOFTCAP=" + (softcap ? 1 : 0), hopper.CompilerDefines);
+        Assert.Contains("-DFA_ALIBI=" + (alibi ? 1 : 0), hopper.CompilerDefines);
+        Assert.Equal(softcap, hopper.Name.Contains("_softcap", StringComparison.Ordinal));
+        Assert.Equal(alibi, hopper.Name.Contains("_alibi", StringComparison.Ordinal));
+        ForwardVariant.HopperPinned.Value = true;
+        Assert.Equal(hopper, ForwardVariant.Choose("sm_90a", 128, true, false, softcap, alibi, -1, -1));
     }
 }
