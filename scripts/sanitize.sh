@@ -8,7 +8,9 @@
 #             varlen, returned probabilities, deterministic and wide-head-dim backward, split-KV decode with paged caches
 #   variants - CudaEveryVariantTests: every compile-time kernel variant the library can launch (each bucket, element type
 #             and combination of dropout, softcap, ALiBi and deterministic dQ; the narrow-window tiling; decode with each
-#             score option), once each on a small shape; with CudaHopperForwardTests, the sm_90 forward's variants
+#             score option), once each on a small shape, the sm_90 forward's variants included
+#   hopper  - the sm_90 forward's variants alone (CudaEveryVariantTests.HopperForwardMatchesTheReference): each bucket,
+#             element type, softcap, ALiBi and the narrow-window tiling, with the FA2 backward behind them
 #   unfused-rows - the unfused baseline's softmax and softmax-gradient row kernels alone, fed from the host
 #             (UnfusedSoftmaxKernelTests): no cuBLAS in the process, so racecheck sees only our kernels
 #   unfused - the unfused baseline (cuBLAS GEMMs + our softmax kernels), apart because its S and dP matrices are written
@@ -55,8 +57,9 @@ workload_command() {
             -method "FlashAttn.Tests.Cuda.CudaBackwardTests.DeterministicModeGivesBitwiseIdenticalGradients" \
             -method "FlashAttn.Tests.Cuda.CudaBackwardTests.WideHeadDimsHandleWindowsDropoutAndDeterminism" \
             -method "FlashAttn.Tests.Cuda.CudaKvCacheTests.MatchesReference" ;;
-    variants) echo artifacts/device/tests/FlashAttention.Tests -noColor -class FlashAttn.Tests.Cuda.CudaEveryVariantTests \
-                -class FlashAttn.Tests.Cuda.CudaHopperForwardTests ;;
+    variants) echo artifacts/device/tests/FlashAttention.Tests -noColor -class FlashAttn.Tests.Cuda.CudaEveryVariantTests ;;
+    hopper) echo artifacts/device/tests/FlashAttention.Tests -noColor \
+              -method FlashAttn.Tests.Cuda.CudaEveryVariantTests.HopperForwardMatchesTheReference ;;
     unfused-rows) echo artifacts/device/tests/FlashAttention.Tests -noColor -class FlashAttn.Tests.Cuda.UnfusedSoftmaxKernelTests ;;
     unfused) echo artifacts/device/tests/FlashAttention.Tests -noColor -class FlashAttn.Tests.Cuda.UnfusedAttentionTests \
                -method- FlashAttn.Tests.Cuda.UnfusedAttentionTests.ScoreMatrixThatDoesNotFitThrowsOutOfMemory ;;

@@ -7,7 +7,7 @@ namespace FlashAttn.Tests.Cuda;
 /// Every compile-time kernel variant the library can launch, each once on a small odd shape against the float64 reference:
 /// forward and backward at every head-dim bucket and element type with each combination of dropout, softcap, ALiBi and
 /// deterministic dQ that validation accepts (dropout with softcap is rejected); the narrow-window tilings (forward and backward) with each score option; the KV-cache decode kernel (with its split
-/// merge) with each of softcap and ALiBi. The fixture compiles them all in parallel first (KernelWarmup, every variant), so
+/// merge) with each of softcap and ALiBi; on sm_90 the Hopper forward's variants. The fixture compiles them all in parallel first (KernelWarmup, every variant), so
 /// the cases time the kernels, not NVRTC. scripts/sanitize.sh runs this class under racecheck ("variants" workload).
 /// </summary>
 [Trait("Category", "Cuda")]
@@ -50,6 +50,38 @@ public sealed class CudaEveryVariantTests(CudaEveryVariantTests.Compiled compile
         Check(dtype, problem, random => Options(random, headDim, problem.HeadsQ, dropout, softcap, alibi) with
         {
             Deterministic = deterministic, Causal = deterministic ^ softcap,
+        });
+    }
+
+    public static TheoryData<int, Dtype, bool, bool, bool> HopperCases()
+    {
+        var data = new TheoryData<int, Dtype, bool, bool, bool>();
+        foreach (int headDim in new[] { 64, 112, 176, 256 })
+            foreach (var dtype in new[] { Dtype.Fp16, Dtype.Bf16 })
+                foreach (bool softcap in new[] { false, true })
+                    foreach (bool alibi in new[] { false, true })
+                        foreach (bool narrow in headDim == 64 ? new[] { false, true } : new[] { false })
+                            data.Add(headDim, dtype, softcap, alibi, narrow);
+        return data;
+    }
+
+    /// <summary>Every variant of the sm_90 forward (Kernels/flash_fwd_sm90.cu): each bucket and element type with each of
+    /// softcap and ALiBi, and the 64-row narrow-window tiling at head dim 64; forward and gradients (the backward is the
+    /// FlashAttention-2 kernel's). Skips on GPUs other than sm_90.</summary>
+    [Theory]
+    [MemberData(nameof(HopperCases))]
+    public void HopperForwardMatchesTheReference(int headDim, Dtype dtype, bool softcap, bool alibi, bool narrowWindow)
+    {
+        var device = GpuRequirement.SkipIfUnavailable();
+        if (!ForwardVariant.HopperCovers(device.Architecture, headDim, false, softcap, alibi))
+            Assert.Skip($"The Hopper forward needs an sm_90 GPU; this one is {device.Architecture}.");
+        ForwardVariant.HopperPinned.Value = true;
+        var problem = new Problem(1, 150, 90, 2, 1, headDim);
+        Check(dtype, problem, random => Options(random, headDim, problem.HeadsQ, false, softcap, alibi) with
+        {
+            Causal = !narrowWindow && softcap != alibi,
+            WindowLeft = narrowWindow ? 40 : -1,
+            WindowRight = narrowWindow ? 8 : -1,
         });
     }
 

@@ -66,7 +66,8 @@ public sealed class CudaHostileInputTests
     private const string Fp16BackwardLimit = "Known GPU limit (H100, 2026-11-25 14:05Z-14:30Z, about 50 runs): at fp16 logits up to 1.2e4 about " +
         "one seed in ten puts dK 1.4-3x past the rule's bound. Both sides round dS to fp16 before dK = dS^T Q, whose terms (q = +-1024 m " +
         "in every column) cancel, so that rounding is likely to dominate both errors (not proven); neither splitting LSE*log2(e) into hi + lo in the kernel " +
-        "nor a baseline that recomputes P from its fp32 LSE changed the rate. Up to 6e3 (fp16) and 2.5e4 (bf16) the GPU meets the rule " +
+        "nor a baseline that recomputes P from its fp32 LSE changed the rate. Re-measured under the current rule (naive D from the O under " +
+        "test; 16:45Z, FA_RUN_KNOWN_LIMITS=1, 20 runs): 1 miss in 40 cases, dV 1.03x the bound. Up to 6e3 (fp16) and 2.5e4 (bf16) the GPU meets the rule " +
         "(those cases run); the CPU path keeps dS in fp32 and meets it at 1.2e4. docs/TEST-MATRIX.md, rule 10";
 
     /// <summary>Large exact logits of magnitude up to 3 * 2^log2 (2.5e4 at 2^13, the "scores around 1e4"; 2e5 at 2^16,
@@ -90,8 +91,8 @@ public sealed class CudaHostileInputTests
     [Theory]
     [InlineData(Dtype.Fp16, false, 11)]
     [InlineData(Dtype.Fp16, true, 11)]
-    [InlineData(Dtype.Fp16, false, LargeScores.BackwardLog2Magnitude, Skip = Fp16BackwardLimit)]
-    [InlineData(Dtype.Fp16, true, LargeScores.BackwardLog2Magnitude, Skip = Fp16BackwardLimit)]
+    [InlineData(Dtype.Fp16, false, LargeScores.BackwardLog2Magnitude)]
+    [InlineData(Dtype.Fp16, true, LargeScores.BackwardLog2Magnitude)]
     [InlineData(Dtype.Bf16, false, 12)]
     [InlineData(Dtype.Bf16, true, 12)]
     [InlineData(Dtype.Bf16, false, 13)]
@@ -99,6 +100,9 @@ public sealed class CudaHostileInputTests
     public void LargeLogitsBackwardMatchesReference(Dtype dtype, bool causal, int log2Magnitude)
     {
         GpuRequirement.SkipIfUnavailable();
+        // FA_RUN_KNOWN_LIMITS=1 runs the documented limit anyway, to re-measure how often it misses.
+        if (dtype == Dtype.Fp16 && log2Magnitude >= LargeScores.BackwardLog2Magnitude && Environment.GetEnvironmentVariable("FA_RUN_KNOWN_LIMITS") != "1")
+            Assert.Skip(Fp16BackwardLimit);
         var problem = new Problem(2, 100, 150, 4, 2, 64);
         if (dtype == Dtype.Fp16) LargeLogits<Half>(problem, log2Magnitude, causal, backward: true);
         else LargeLogits<BFloat16>(problem, log2Magnitude, causal, backward: true);
