@@ -12,6 +12,10 @@ namespace FlashAttn.Tests.Infrastructure;
 /// </summary>
 internal static class Tolerance
 {
+    /// <summary>A documented limit widens the bound for the checks of one test (default 1: the rule as written). Only the
+    /// cases TEST-MATRIX.md lists under rule 10 set it, each with the factor it documents.</summary>
+    public static readonly AsyncLocal<double?> DocumentedLimitFactor = new();
+
     public static void AssertClose(string what, ReadOnlySpan<double> actual, ReadOnlySpan<double> reference, ReadOnlySpan<double> naive,
         double floorUnit, string context)
     {
@@ -25,7 +29,8 @@ internal static class Tolerance
             maxRef = Math.Max(maxRef, Math.Abs(reference[i]));
             if (!double.IsInfinity(naive[i])) naiveError = Math.Max(naiveError, Math.Abs(naive[i] - reference[i]));
         }
-        double bound = 2 * naiveError + floorUnit * Math.Max(1, maxRef);
+        double factor = DocumentedLimitFactor.Value ?? 1;
+        double bound = factor * (2 * naiveError + floorUnit * Math.Max(1, maxRef));
 
         double maxError = 0, sumError = 0;
         int maxAt = -1, firstBad = -1, counted = 0;
@@ -53,7 +58,8 @@ internal static class Tolerance
         var message = new StringBuilder();
         message.Append(CultureInfo.InvariantCulture, $"{what} is outside the tolerance. {context}\n");
         message.Append(CultureInfo.InvariantCulture, $"  max|impl - ref64| = {maxError:G6} (at {maxAt}), mean = {(counted > 0 ? sumError / counted : 0):G6}\n");
-        message.Append(CultureInfo.InvariantCulture, $"  bound = 2 * {naiveError:G6} (naive error) + {floorUnit:G3} * max(1, {maxRef:G6}) = {bound:G6}\n");
+        string widened = factor == 1 ? "" : string.Create(CultureInfo.InvariantCulture, $"{factor:G3} x (documented limit) ");
+        message.Append(CultureInfo.InvariantCulture, $"  bound = {widened}2 * {naiveError:G6} (naive error) + {floorUnit:G3} * max(1, {maxRef:G6}) = {bound:G6}\n");
         message.Append(CultureInfo.InvariantCulture, $"  first bad index {firstBad}: impl {actual[firstBad]:R}, ref64 {reference[firstBad]:R}, naive {naive[firstBad]:R}");
         Assert.Fail(message.ToString());
     }
