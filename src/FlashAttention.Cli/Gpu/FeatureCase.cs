@@ -43,7 +43,7 @@ internal sealed record FeatureCase(string Feature, string Dtype, int Batch, int 
         double flops = 4.0 * HeadDim * TileWork.ForwardPairs(Seqlen, Seqlen, forward.BlockM, forward.BlockN, left, right);
         if (Mode != "fwd")
         {
-            var backward = Cuda.BackwardVariant.For(HeadDim, bf16, false, dropout, softcap, alibi, Cuda.ForwardVariant.IsNarrowWindow(left, right));
+            var backward = Cuda.BackwardVariant.Choose(architecture, HeadDim, bf16, false, dropout, softcap, alibi, Cuda.ForwardVariant.IsNarrowWindow(left, right));
             flops += 10.0 * HeadDim * TileWork.BackwardPairs(Seqlen, Seqlen, backward.BlockN, backward.BlockM, left, right);
         }
         return flops * Batch * Heads;

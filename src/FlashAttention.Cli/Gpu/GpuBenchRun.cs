@@ -28,7 +28,9 @@ internal static class GpuBenchRun
         string run = ResultsFile.FormatRun(DateTime.UtcNow);
         var slug = DeviceSlug(device.Name);
         AnsiConsole.MarkupLine($"CUDA GPU: [bold]{Markup.Escape(device.Name)}[/] ({device.Architecture}, {device.MultiprocessorCount} SMs); results as {slug}");
-        AnsiConsole.MarkupLine($"Forward kernel: [bold]{device.ForwardKernelFamily}[/] (dropout, softcap and ALiBi take fa2; FLASHATTN_FWD_SM90=0 selects fa2 for all)");
+        AnsiConsole.MarkupLine($"Forward kernel: [bold]{device.ForwardKernelFamily}[/] (dropout takes fa2; FLASHATTN_FWD_SM90=0 selects fa2 for all)");
+        AnsiConsole.MarkupLine($"Backward kernel: [bold]{device.BackwardKernelFamily}[/] (dropout, head dims above 128 and narrow windows at 64 take fa2; " +
+            "FLASHATTN_BWD_SM90=0 selects fa2 for all)");
         var cases = settings.DecodeOnly ? [] : GpuBenchCase.Sweep(settings.Dtypes, settings.HeadDims, settings.Seqlens, settings.Causal, settings.Modes).ToList();
         if (settings.SeedMemory && !settings.DecodeOnly) cases.Add(GpuBenchCase.Seed);
         var rows = new List<BenchRow>();

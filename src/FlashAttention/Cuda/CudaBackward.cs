@@ -27,7 +27,7 @@ internal static class CudaBackward
             ZeroKeyGradients(device, Rows(dk), Rows(dv), batch, keyRows, shape.HeadsKv, shape.HeadDim, stream);
             return 0;
         }
-        var variant = BackwardVariant.For(shape.HeadDim, typeof(T) == typeof(BFloat16), deterministic, settings.Dropout.Enabled,
+        var variant = BackwardVariant.Choose(device.Architecture, shape.HeadDim, typeof(T) == typeof(BFloat16), deterministic, settings.Dropout.Enabled,
             settings.Softcap > 0f, settings.AlibiSlopes is not null, ForwardVariant.IsNarrowWindow(settings.WindowLeft, settings.WindowRight));
         int paddedDim = (shape.HeadDim + 7) / 8 * 8;
         bool pad = paddedDim != shape.HeadDim;

@@ -45,6 +45,12 @@ public sealed class CudaDevice
     public string ForwardKernelFamily =>
         ForwardVariant.UseHopper && ForwardVariant.HopperCovers(Architecture, 64, false, false, false) ? "sm90-wgmma" : "fa2";
 
+    /// <summary>The backward kernel family that calls at head dims up to 128 without dropout take on this device: "sm90-wgmma"
+    /// (Kernels/flash_bwd_sm90.cu) on sm_90 unless FLASHATTN_BWD_SM90=0, otherwise "fa2" (which also takes dropout, narrow
+    /// windows at head dim 64 and head dims above 128).</summary>
+    public string BackwardKernelFamily =>
+        BackwardVariant.UseHopper && BackwardVariant.HopperCovers(Architecture, 128, false, false) ? "sm90-wgmma" : "fa2";
+
     /// <summary>Number of streaming multiprocessors.</summary>
     public int MultiprocessorCount { get; }
 

@@ -45,6 +45,17 @@ public static class KernelWarmup
                                 var hopper = ForwardVariant.ForHopper(bucket, bf16, softcap, alibi, narrow);
                                 yield return (hopper.SourceFile, hopper.Kernel, hopper.Name, hopper.CompilerDefines);
                             }
+        // The Hopper backward on sm_90 GPUs: always with every variant, otherwise when it is switched on.
+        if (BackwardVariant.HopperCovers(architecture, 128, false, false) && (everyVariant || BackwardVariant.UseHopper))
+            foreach (int bucket in new[] { 64, 128 })
+                foreach (bool bf16 in Flags)
+                    foreach (bool deterministic in everyVariant ? Flags : [false])
+                        foreach (bool softcap in everyVariant ? Flags : [false])
+                            foreach (bool alibi in everyVariant ? Flags : [false])
+                            {
+                                var hopper = BackwardVariant.ForHopper(bucket, bf16, deterministic, softcap, alibi);
+                                yield return (hopper.SourceFile, BackwardVariant.MainKernel, hopper.Name, hopper.CompilerDefines);
+                            }
         bool[] options = everyVariant ? Flags : [false];
         foreach (int bucket in Buckets)
             foreach (bool bf16 in Flags)

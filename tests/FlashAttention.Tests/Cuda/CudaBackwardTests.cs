@@ -142,7 +142,7 @@ public sealed class CudaBackwardTests
         return new AttentionGradients<T>(dq.ToHost(), dk.ToHost(), dv.ToHost());
     }
 
-    private static ushort[] Flat<T>(AttentionGradients<T> grads) where T : unmanaged =>
+    internal static ushort[] Flat<T>(AttentionGradients<T> grads) where T : unmanaged =>
         [.. Bits(grads.DQ), .. Bits(grads.DK), .. Bits(grads.DV)];
 
     private static ushort[] Bits<T>(Tensor<T> tensor) where T : unmanaged

@@ -44,6 +44,7 @@ public sealed class CudaEveryVariantTests(CudaEveryVariantTests.Compiled compile
     {
         GpuRequirement.SkipIfUnavailable();
         ForwardVariant.HopperPinned.Value = false;   // every FlashAttention-2 variant (CudaHopperForwardTests covers the sm_90 kernel)
+        BackwardVariant.HopperPinned.Value = false;
         Assert.True(compiled.Variants > 0);
         // Causal on half the cases (seqlen_q < seqlen_k: bottom-right aligned), GQA 2:1.
         var problem = new Problem(1, 70, 90, 2, 1, headDim);
@@ -66,8 +67,9 @@ public sealed class CudaEveryVariantTests(CudaEveryVariantTests.Compiled compile
     }
 
     /// <summary>Every variant of the sm_90 forward (Kernels/flash_fwd_sm90.cu): each bucket and element type with each of
-    /// softcap and ALiBi, and the 64-row narrow-window tiling at head dim 64; forward and gradients (the backward is the
-    /// FlashAttention-2 kernel's). Skips on GPUs other than sm_90.</summary>
+    /// softcap and ALiBi, and the 64-row narrow-window tiling at head dim 64; forward and gradients, through the sm_90
+    /// backward (Kernels/flash_bwd_sm90.cu) where it covers the case (head dims up to 128; deterministic with softcap), else
+    /// FlashAttention-2's. Skips on GPUs other than sm_90.</summary>
     [Theory]
     [MemberData(nameof(HopperCases))]
     public void HopperForwardMatchesTheReference(int headDim, Dtype dtype, bool softcap, bool alibi, bool narrowWindow)
@@ -76,9 +78,11 @@ public sealed class CudaEveryVariantTests(CudaEveryVariantTests.Compiled compile
         if (!ForwardVariant.HopperCovers(device.Architecture, headDim, false, softcap, alibi))
             Assert.Skip($"The Hopper forward needs an sm_90 GPU; this one is {device.Architecture}.");
         ForwardVariant.HopperPinned.Value = true;
+        BackwardVariant.HopperPinned.Value = true;
         var problem = new Problem(1, 150, 90, 2, 1, headDim);
         Check(dtype, problem, random => Options(random, headDim, problem.HeadsQ, false, softcap, alibi) with
         {
+            Deterministic = softcap,
             Causal = !narrowWindow && softcap != alibi,
             WindowLeft = narrowWindow ? 40 : -1,
             WindowRight = narrowWindow ? 8 : -1,
@@ -106,6 +110,7 @@ public sealed class CudaEveryVariantTests(CudaEveryVariantTests.Compiled compile
     {
         GpuRequirement.SkipIfUnavailable();
         ForwardVariant.HopperPinned.Value = false;   // the FlashAttention-2 kernel's narrow tiling (sm_90 would take the Hopper kernel)
+        BackwardVariant.HopperPinned.Value = false;
         Assert.True(ForwardVariant.IsNarrowWindow(40, 8));
         var problem = new Problem(2, 150, 130, 4, 2, 64);
         Check(dtype, problem, random => Options(random, 64, problem.HeadsQ, dropout, softcap, alibi) with
@@ -126,6 +131,7 @@ public sealed class CudaEveryVariantTests(CudaEveryVariantTests.Compiled compile
     {
         GpuRequirement.SkipIfUnavailable();
         ForwardVariant.HopperPinned.Value = false;   // as above
+        BackwardVariant.HopperPinned.Value = false;
         Assert.True(ForwardVariant.IsNarrowWindow(left, right));
         var problem = new Problem(2, seqlenQ, seqlenK, 2, 1, 64);
         Check(Dtype.Bf16, problem, _ => new AttentionOptions { WindowLeft = left, WindowRight = right });

@@ -5,6 +5,7 @@
 #include "fa_ptx.cuh"
 #include "fa_bwd_params.cuh"
 #include "fa_tile.cuh"
+#include "fa_panels.cuh"
 #include "fa_elements.cuh"
 #include "fa_score_mods.cuh"
 #include "fa_varlen.cuh"
@@ -344,15 +345,20 @@ __device__ __forceinline__ void query_block_range(const FlashBwdParams& p, const
 // Starts streaming one step's inputs into a stage: the (BM x kD) Q and dO tiles at sQ and sQ + BM rows (cp.async, one
 // commit group), and the block's LSE * log2(e) and D into scalars[0, BM) and scalars[BM, 2 BM). Padded query rows get
 // LSE = +inf, which makes their P exactly 0. q0 counts from the sequence's first query row.
-template <int BM, int THREADS>
+// kPanels: the tiles in fa_panels.cuh's layout (the Hopper kernel's wgmma operands) instead of fa_tile.cuh's.
+template <int BM, int THREADS, bool kPanels = false>
 __device__ __forceinline__ void load_query_stage(const FlashBwdParams& p, const SequenceRange& seq, u32 sQ, float* scalars, int batch, int head,
                                                  int q0, int tid) {
     const long long first_row = seq.q_start;
-    load_tile_fast<kD, BM, THREADS>(sQ, (const u16*)p.q + batch * p.q_batch_stride + first_row * p.q_row_stride + head * p.q_head_stride,
-                                    p.q_row_stride, q0, seq.seqlen_q, p.head_dim, tid);
-    load_tile_fast<kD, BM, THREADS>(sQ + BM * kRowBytes,
-                                    (const u16*)p.dout + batch * p.do_batch_stride + first_row * p.do_row_stride + head * p.do_head_stride,
-                                    p.do_row_stride, q0, seq.seqlen_q, p.head_dim, tid);
+    const u16* q = (const u16*)p.q + batch * p.q_batch_stride + first_row * p.q_row_stride + head * p.q_head_stride;
+    const u16* dout = (const u16*)p.dout + batch * p.do_batch_stride + first_row * p.do_row_stride + head * p.do_head_stride;
+    if constexpr (kPanels) {
+        load_panels<kD, BM, THREADS>(sQ, q, p.q_row_stride, q0, seq.seqlen_q, p.head_dim, tid);
+        load_panels<kD, BM, THREADS>(sQ + BM * kRowBytes, dout, p.do_row_stride, q0, seq.seqlen_q, p.head_dim, tid);
+    } else {
+        load_tile_fast<kD, BM, THREADS>(sQ, q, p.q_row_stride, q0, seq.seqlen_q, p.head_dim, tid);
+        load_tile_fast<kD, BM, THREADS>(sQ + BM * kRowBytes, dout, p.do_row_stride, q0, seq.seqlen_q, p.head_dim, tid);
+    }
     cp_async_commit();
     if (tid < BM) {
         const int q = q0 + tid;

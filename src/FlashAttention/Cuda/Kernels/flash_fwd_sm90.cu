@@ -20,6 +20,7 @@
 #include "fa_params.cuh"
 #include "fa_varlen.cuh"
 #include "fa_wgmma.cuh"
+#include "fa_panels.cuh"
 #include "fa_score_mods.cuh"
 
 #ifndef FA_BLOCK_N
@@ -39,7 +40,6 @@ constexpr int kD = FA_HEAD_DIM;
 #endif
 
 constexpr int kBM = 64 * FA_WARPGROUPS, kBN = FA_BLOCK_N, kThreads = 128 * FA_WARPGROUPS;
-constexpr int kPanelRowBytes = 128;   // 64 16-bit elements per panel row
 static_assert(kD % 64 == 0 && kD <= 256 && (kBN == 64 || kBN == 128) && (FA_WARPGROUPS == 1 || FA_WARPGROUPS == 2), "sm90 forward tiling");
 
 #if FA_BF16
@@ -49,34 +49,6 @@ typedef WgmmaBf16 FaWgmma;
 typedef Fp16 FaElement;
 typedef WgmmaF16 FaWgmma;
 #endif
-
-// Byte offset of 16-byte chunk c (8 elements) of row r in a panel tile of ROWS rows.
-template <int ROWS>
-__device__ __forceinline__ u32 panel_offset(int r, int c) {
-    return (u32)((c / 8) * ROWS * kPanelRowBytes + r * kPanelRowBytes + (((c ^ r) & 7) << 4));
-}
-
-// Rows [row0, row0 + ROWS) of a (rows x head_dim) slab into a panel tile; rows at or past row_limit and columns at or
-// past head_dim are zero-filled.
-template <int ROWS>
-__device__ __forceinline__ void load_panels(u32 tile, const u16* base, long long row_stride, int row0, int row_limit, int head_dim, int tid) {
-    constexpr int kChunks = kD / 8;
-    static_assert((ROWS * kChunks) % kThreads == 0, "chunks divide over the threads");
-    const bool whole = row0 + ROWS <= row_limit && head_dim == kD;
-#pragma unroll 8
-    for (int i = 0; i < ROWS * kChunks / kThreads; ++i) {
-        const int idx = tid + i * kThreads, r = idx / kChunks, c = idx % kChunks;
-        const int row = row0 + r;
-        const bool inside = whole || (row < row_limit && c * 8 < head_dim);
-        const u16* src = inside ? base + (long long)row * row_stride + c * 8 : base;
-        cp_async_16(tile + panel_offset<ROWS>(r, c), src, inside ? 16 : 0);
-    }
-}
-
-// Descriptor offset (in 16-byte units, added to a descriptor's start-address field) of k-step j (16 columns) of a K-major
-// panel tile of ROWS rows: 32 bytes per step inside a panel, a panel every 4 steps.
-template <int ROWS>
-__device__ __forceinline__ u64 kmajor_step(int j) { return (u64)(((j % 4) * 32 + (j / 4) * ROWS * kPanelRowBytes) >> 4); }
 
 template <int N> __device__ __forceinline__ void mma_ss(float (&d)[N / 2], u64 a, u64 b);
 template <> __device__ __forceinline__ void mma_ss<64>(float (&d)[32], u64 a, u64 b) { FaWgmma::ss64(d, a, b); }
@@ -253,7 +225,7 @@ __device__ __forceinline__ void accumulate_pv(const float (&acc_s)[kBN / 8 * 4],
     }
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) mma_rs<kD>(st.acc_o, pa[kk], desc_v + (u64)((kk * 16 * kPanelRowBytes) >> 4));
+    for (int kk = 0; kk < kBN / 16; ++kk) mma_rs<kD>(st.acc_o, pa[kk], desc_v + mnmajor_step(kk));
     wgmma_commit();
     wgmma_wait<0>();
 }
@@ -310,8 +282,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, FA_MIN_BLOCKS) flash_fwd_
     init_rows(st);
 
     if (f.n_block_min < f.n_block_max) {
-        load_panels<kBM>(sQ, f.q, p.q_row_stride, f.row0, f.seqlen_q, p.head_dim, tid);
-        load_panels<kBN>(sK, f.k, p.k_row_stride, (f.n_block_max - 1) * kBN, f.seqlen_k, p.head_dim, tid);
+        load_panels<kD, kBM, kThreads>(sQ, f.q, p.q_row_stride, f.row0, f.seqlen_q, p.head_dim, tid);
+        load_panels<kD, kBN, kThreads>(sK, f.k, p.k_row_stride, (f.n_block_max - 1) * kBN, f.seqlen_k, p.head_dim, tid);
         cp_async_commit();
     }
     for (int n_block = f.n_block_max - 1; n_block >= f.n_block_min; --n_block) {
@@ -319,7 +291,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, FA_MIN_BLOCKS) flash_fwd_
         cp_async_wait<0>();
         fence_proxy_async();
         __syncthreads();  // K[n] (and Q) landed and visible to wgmma; every warp is done with V[n+1]
-        load_panels<kBN>(sV, f.v, p.v_row_stride, col0, f.seqlen_k, p.head_dim, tid);
+        load_panels<kD, kBN, kThreads>(sV, f.v, p.v_row_stride, col0, f.seqlen_k, p.head_dim, tid);
         cp_async_commit();
         float acc_s[kBN / 8 * 4], row_shift[2];
         const bool per_score_mods = seed_scores(acc_s, row_shift, f, col0, warp_row0, g, t);
@@ -329,7 +301,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, FA_MIN_BLOCKS) flash_fwd_
         fence_proxy_async();
         __syncthreads();  // V[n] landed and visible to wgmma; every warp is done with K[n]
         if (n_block > f.n_block_min) {
-            load_panels<kBN>(sK, f.k, p.k_row_stride, (n_block - 1) * kBN, f.seqlen_k, p.head_dim, tid);
+            load_panels<kD, kBN, kThreads>(sK, f.k, p.k_row_stride, (n_block - 1) * kBN, f.seqlen_k, p.head_dim, tid);
             cp_async_commit();
         }
         accumulate_pv(acc_s, st, desc_v);
