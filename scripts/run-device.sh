@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine over a carried artifacts/device/ (see publish-device.sh):
-#   tests  - the whole suite (CUDA cases included); TRX and log under $OUT
+#   tests  - the whole suite (CUDA cases included), the two Hopper classes in processes of their own beside the rest;
+#            TRX and logs under $OUT (tests*.trx, tests*.log)
 #   bench  - flash-attn bench on the GPU with the PyTorch peers, results under $OUT
 #   decode - only the KV-cache decoding rows (flash-attn bench --decode-only) with their PyTorch peers, about a minute
 #   sanitize - compute-sanitizer (scripts/sanitize.sh; tools after the mode, default all four) into $OUT/sanitizer
@@ -21,9 +22,18 @@ status=0
 # TorchSharp's native library resolves against the machine's libtorch (DEVICE.md): the tests and `flash-attn train` need it.
 torch_lib=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
 if [ "$what" = tests ] || [ "$what" = all ]; then
-  LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-    artifacts/device/tests/FlashAttention.Tests -noColor -result-trx "$out/tests.trx" -result-markdown "$out/tests.md" 2>&1 | tee "$out/tests.log" | tail -40
-  status=${PIPESTATUS[0]}
+  # The two Hopper classes check every case against float64 references on one core each (several minutes serially),
+  # so they run as processes of their own beside the rest of the suite: one device call holds the whole suite.
+  hopper=(FlashAttn.Tests.Cuda.CudaHopperForwardTests FlashAttn.Tests.Cuda.CudaHopperBackwardTests)
+  suite=artifacts/device/tests/FlashAttention.Tests
+  export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  $suite -noColor -class- "${hopper[0]}" -class- "${hopper[1]}" -result-trx "$out/tests.trx" -result-markdown "$out/tests.md" > "$out/tests.log" 2>&1 &
+  $suite -noColor -class "${hopper[0]}" -result-trx "$out/tests-hopper-forward.trx" > "$out/tests-hopper-forward.log" 2>&1 &
+  $suite -noColor -class "${hopper[1]}" -result-trx "$out/tests-hopper-backward.trx" > "$out/tests-hopper-backward.log" 2>&1 &
+  for job in $(jobs -p); do wait "$job" || status=1; done
+  for log in "$out"/tests.log "$out"/tests-hopper-*.log; do
+    echo "== $(basename "$log")"; grep -E "Total:|\[FAIL\]" "$log" | head -20
+  done
 fi
 if { [ "$what" = bench ] || [ "$what" = all ]; } && [ -x artifacts/device/cli/flash-attn ]; then
   cli=artifacts/device/cli/flash-attn
