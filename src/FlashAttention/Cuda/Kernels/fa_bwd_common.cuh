@@ -376,6 +376,18 @@ __device__ __forceinline__ bool tile_needs_mask(const FlashBwdParams& p, const S
         || (p.window_left >= 0 && key0 < q0 + block_m - 1 + offset - p.window_left);
 }
 
+// Row 0 of this CTA's sequence (batch, from its first key) in kv head head_kv of a (batch, rows, heads, dim) tensor.
+template <typename P>
+__device__ __forceinline__ P* key_rows(P* base, long long batch_stride, long long row_stride, long long head_stride, const SequenceRange& seq,
+                                       int batch, int head_kv) {
+    return base + batch * batch_stride + (long long)seq.k_start * row_stride + head_kv * head_stride;
+}
+
+// The fp32 dQ accumulators this CTA adds to: the shared buffer, or when deterministic its split's own.
+__device__ __forceinline__ float* dq_accum_of_cta(const FlashBwdParams& p) {
+    return p.dq_accum + (FA_DETERMINISTIC ? blockIdx.x * p.dq_accum_split_stride : 0);
+}
+
 // This sequence's rows of the fp32 dQ accumulator for `head`: row q (from the sequence's first query) at q * heads_q * head_dim.
 __device__ __forceinline__ float* dq_accum_rows(float* dq_accum, const FlashBwdParams& p, const SequenceRange& seq, int batch, int head) {
     return dq_accum + batch * p.dq_accum_batch_stride + ((long long)seq.q_start * p.heads_q + head) * p.head_dim;

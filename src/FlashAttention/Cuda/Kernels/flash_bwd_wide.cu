@@ -62,9 +62,9 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) flash_bwd_kernel(const
     for (int j = 0; j < 4; ++j) a_rows[j] = lo_pt.a[j] + key_group * 16 * (kBlockM * 2);   // + rows: the swizzle keeps row % 8
     lane_offsets_bt(bt_half, lane, side * kHalfD / 8);
 
-    const u16* k_base = (const u16*)p.k + batch * p.k_batch_stride + (long long)seq.k_start * p.k_row_stride + head_kv * p.k_head_stride;
-    const u16* v_base = (const u16*)p.v + batch * p.v_batch_stride + (long long)seq.k_start * p.v_row_stride + head_kv * p.v_head_stride;
-    float* dq_accum = p.dq_accum + (FA_DETERMINISTIC ? blockIdx.x * p.dq_accum_split_stride : 0);
+    const u16* k_base = key_rows((const u16*)p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, seq, batch, head_kv);
+    const u16* v_base = key_rows((const u16*)p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, seq, batch, head_kv);
+    float* dq_accum = dq_accum_of_cta(p);
 
     for (int n_block = blockIdx.x; n_block < n_blocks; n_block += gridDim.x) {
         const int key0 = n_block * kBlockN;
@@ -152,8 +152,8 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) flash_bwd_kernel(const
         }
 
         // dK, dV of this key block: this warp's 16 keys and head-dim half (rows past seqlen_k are not written).
-        u16* dk = (u16*)p.dk + batch * p.dk_batch_stride + (long long)seq.k_start * p.dk_row_stride + head_kv * p.dk_head_stride;
-        u16* dv = (u16*)p.dv + batch * p.dv_batch_stride + (long long)seq.k_start * p.dv_row_stride + head_kv * p.dv_head_stride;
+        u16* dk = key_rows((u16*)p.dk, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, seq, batch, head_kv);
+        u16* dv = key_rows((u16*)p.dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, seq, batch, head_kv);
         store_key_rows<kHalfD / 8>(dk, p.dk_row_stride, acc_dk, p.scale, key0 + key_group * 16, seqlen_k, side * kHalfD, p.head_dim, lane);
         store_key_rows<kHalfD / 8>(dv, p.dv_row_stride, acc_dv, 1.f, key0 + key_group * 16, seqlen_k, side * kHalfD, p.head_dim, lane);
     }
