@@ -3,6 +3,8 @@
 #   tests  - the whole suite (CUDA cases included), the two Hopper classes in processes of their own beside the rest;
 #            TRX and logs under $OUT (tests*.trx, tests*.log)
 #   bench  - flash-attn bench on the GPU with the PyTorch peers, results under $OUT
+#   sweep  - issue 7's sweep in one bench invocation with the PyTorch peers: bf16 and fp16, head dims 64/128/256, causal
+#            and not, seqlen 512-16k at 16k tokens, fwd and fwd+bwd (about 330 s on the H100 by the 17:12Z bf16 half)
 #   decode - only the KV-cache decoding rows (flash-attn bench --decode-only) with their PyTorch peers, about a minute
 #   sanitize - compute-sanitizer (scripts/sanitize.sh; tools after the mode, default all four) into $OUT/sanitizer
 #   train  - flash-attn train (issue 8: LLaMA-7B-shaped training, unfused vs TorchSharp SDPA vs ours) into $OUT/train;
@@ -38,6 +40,12 @@ fi
 if { [ "$what" = bench ] || [ "$what" = all ]; } && [ -x artifacts/device/cli/flash-attn ]; then
   cli=artifacts/device/cli/flash-attn
   { $cli warmup && $cli check && $cli bench --out "$out/bench"; } 2>&1 | tee "$out/bench.log" | grep -vE "^│ (fp32|bf16|fp16) " | tail -80
+fi
+if [ "$what" = sweep ] && [ -x artifacts/device/cli/flash-attn ]; then
+  artifacts/device/cli/flash-attn bench --dtype bf16 fp16 --headdims 64 128 256 --seqlens 512 1024 2048 4096 8192 16384 \
+    --modes fwd fwdbwd --naive-max-seqlen 0 --no-features --no-decode --no-unfused --out "$out/sweep" 2>&1 | tee "$out/sweep.log" \
+    | grep -E "(bf16|fp16)  │|kernel:" | head -160
+  status=${PIPESTATUS[0]}
 fi
 if [ "$what" = decode ] && [ -x artifacts/device/cli/flash-attn ]; then
   artifacts/device/cli/flash-attn bench --decode-only --out "$out/bench" 2>&1 | tee "$out/decode.log" | tail -60
