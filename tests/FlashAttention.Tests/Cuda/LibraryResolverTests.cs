@@ -136,6 +136,35 @@ public sealed class LibraryResolverTests
     }
 
     [Fact]
+    public void NcclIsFoundInPyTorchsNvidiaWheel()
+    {
+        var machine = new FakeMachine();
+        const string wheel = "/opt/torch/.venv/lib/python3.12/site-packages/nvidia/nccl/lib";
+        machine.AddFolderChain(wheel);
+        machine.Files.Add(wheel + "/libnccl.so.2");
+        machine.Loadable.Add(wheel + "/libnccl.so.2");
+
+        var result = LibrarySearch.Search(LibrarySpec.For(CudaLibraryKind.Nccl, false), null, machine.ToEnvironment());
+
+        Assert.Equal(wheel + "/libnccl.so.2", result.LoadedFrom);
+    }
+
+    [Fact]
+    public void MissingNcclNamesTheSettingsAndTheFix()
+    {
+        var machine = new FakeMachine();
+        machine.Environment["FLASHATTN_NCCL_LIBRARY"] = "/bogus/libnccl.so.2";
+
+        var result = LibrarySearch.Search(LibrarySpec.For(CudaLibraryKind.Nccl, false), null, machine.ToEnvironment());
+
+        Assert.Equal(0, result.Handle);
+        foreach (string expected in new[] { "libnccl.so.2", "/bogus/libnccl.so.2: not found", "/usr/lib/x86_64-linux-gnu", "libnccl2",
+                     "FLASHATTN_NCCL_LIBRARY=/path/to/libnccl.so.2", "CudaLibraryPaths.Nccl" })
+            Assert.Contains(expected, result.FailureMessage, StringComparison.Ordinal);
+        Assert.Contains("Linux only", LibrarySpec.For(CudaLibraryKind.Nccl, isWindows: true).Fix, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void TheDriverIsLookedForOnTheLoaderPathAndDriverFoldersNotInTheToolkit()
     {
         var machine = new FakeMachine();

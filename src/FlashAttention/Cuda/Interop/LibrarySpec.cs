@@ -6,6 +6,7 @@ internal enum CudaLibraryKind
     Driver,
     Nvrtc,
     Cublas,
+    Nccl,
 }
 
 /// <summary>What to look for, for one library on one platform, and what to tell the user when it is missing.</summary>
@@ -48,6 +49,17 @@ internal sealed record LibrarySpec(
             Fix: "Fix: install the CUDA toolkit 12 or 13 (or `pip install nvidia-cublas` for CUDA 13, `pip install nvidia-cublas-cu12` " +
                  "for CUDA 12), or set FLASHATTN_CUBLAS_LIBRARY=" + (isWindows ? "C:\\path\\to\\cublas64_13.dll" : "/path/to/libcublas.so.13") +
                  " (or CudaLibraryPaths.Cublas). cuBLAS is needed only by the unfused baseline."),
+        // NCCL ships for Linux only: as a distribution package (libnccl2), in pip's nvidia-nccl wheels (PyTorch brings one), or
+        // beside the toolkit.
+        CudaLibraryKind.Nccl => new(kind, "NCCL (the NVIDIA collective communications library)", "CudaLibraryPaths.Nccl", "FLASHATTN_NCCL_LIBRARY",
+            isWindows ? [] : ["libnccl.so.2"],
+            SearchToolkitFolders: true,
+            isWindows ? [] : ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64"],
+            PipSubfolders: ["nvidia/nccl/lib", "nvidia/cu13/lib"],
+            Fix: isWindows
+                ? "Fix: NCCL runs on Linux only; multi-GPU attention needs a Linux machine."
+                : "Fix: install NCCL 2 (the libnccl2 package, or `pip install nvidia-nccl-cu12`; PyTorch's wheels bring it), or set " +
+                  "FLASHATTN_NCCL_LIBRARY=/path/to/libnccl.so.2 (or CudaLibraryPaths.Nccl). NCCL is needed only by multi-GPU attention."),
         _ => throw new ArgumentOutOfRangeException(nameof(kind)),
     };
 

@@ -4,7 +4,7 @@ using System.Runtime.InteropServices;
 namespace FlashAttn.Cuda.Interop;
 
 /// <summary>
-/// Maps the logical library names of this assembly's imports ("cuda", "nvrtc", "cublas") to the real files, found by
+/// Maps the logical library names of this assembly's imports ("cuda", "nvrtc", "cublas", "nccl") to the real files, found by
 /// <see cref="LibrarySearch"/>. Registered once per process by <see cref="EnsureRegistered"/> (called by
 /// <see cref="CudaDevice"/> and by the static constructors of the import classes). Successful loads are cached;
 /// failures are not, so that setting <see cref="CudaLibraryPaths"/> afterwards still helps.
@@ -14,12 +14,13 @@ internal static class NativeLibraryResolver
     internal const string CudaLogicalName = "cuda";
     internal const string NvrtcLogicalName = "nvrtc";
     internal const string CublasLogicalName = "cublas";
+    internal const string NcclLogicalName = "nccl";
 
     private static readonly Lock s_registerLock = new();
     private static readonly Lock s_loadLock = new();
     private static volatile bool s_registered;
-    private static readonly nint[] s_handles = new nint[3];
-    private static readonly string?[] s_loadedFrom = new string?[3];
+    private static readonly nint[] s_handles = new nint[4];
+    private static readonly string?[] s_loadedFrom = new string?[4];
 
     /// <summary>Installs the resolver for this assembly; safe to call any number of times from any thread.</summary>
     public static void EnsureRegistered()
@@ -50,6 +51,7 @@ internal static class NativeLibraryResolver
             CudaLogicalName => CudaLibraryKind.Driver,
             NvrtcLogicalName => CudaLibraryKind.Nvrtc,
             CublasLogicalName => CudaLibraryKind.Cublas,
+            NcclLogicalName => CudaLibraryKind.Nccl,
             _ => null,
         };
         // Another name: let the runtime's default probing handle it. Ours: load or throw CudaUnavailableException
@@ -99,6 +101,7 @@ internal static class NativeLibraryResolver
         CudaLibraryKind.Driver => CudaLibraryPaths.Cuda,
         CudaLibraryKind.Nvrtc => CudaLibraryPaths.Nvrtc,
         CudaLibraryKind.Cublas => CudaLibraryPaths.Cublas,
+        CudaLibraryKind.Nccl => CudaLibraryPaths.Nccl,
         _ => null,
     };
 }
