@@ -342,6 +342,25 @@ __device__ __forceinline__ void query_block_range(const FlashBwdParams& p, const
     m_last = q_end > q_begin ? (q_end - 1) / block_m : m_first - 1;
 }
 
+// Starts key block key0 of this CTA: the query blocks that see it ([m_first, m_last], empty when none) and, only when some
+// do, its K and V tiles (cp.async, one commit group; kPanels: fa_panels.cuh's layout). A deterministic CTA walks several key
+// blocks, and copies left in flight by one that needs none could land over the next one's: cp.async groups complete in no
+// fixed order.
+template <int BN, int BM, int THREADS, bool kPanels = false>
+__device__ __forceinline__ void begin_key_block(const FlashBwdParams& p, const SequenceRange& seq, u32 sK, u32 sV, const u16* k_base,
+                                                const u16* v_base, int key0, int tid, int& m_first, int& m_last) {
+    query_block_range(p, seq, key0, BN, BM, m_first, m_last);
+    if (m_last < m_first) return;
+    if constexpr (kPanels) {
+        load_panels<kD, BN, THREADS>(sK, k_base, p.k_row_stride, key0, seq.seqlen_k, p.head_dim, tid);
+        load_panels<kD, BN, THREADS>(sV, v_base, p.v_row_stride, key0, seq.seqlen_k, p.head_dim, tid);
+    } else {
+        load_tile<kD, BN, THREADS>(sK, k_base, p.k_row_stride, key0, seq.seqlen_k, p.head_dim, tid);
+        load_tile<kD, BN, THREADS>(sV, v_base, p.v_row_stride, key0, seq.seqlen_k, p.head_dim, tid);
+    }
+    cp_async_commit();
+}
+
 // Starts streaming one step's inputs into a stage: the (BM x kD) Q and dO tiles at sQ and sQ + BM rows (cp.async, one
 // commit group), and the block's LSE * log2(e) and D into scalars[0, BM) and scalars[BM, 2 BM). Padded query rows get
 // LSE = +inf, which makes their P exactly 0. q0 counts from the sequence's first query row.

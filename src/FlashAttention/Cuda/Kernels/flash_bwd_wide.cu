@@ -70,14 +70,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) flash_bwd_kernel(const
         const int key0 = n_block * kBlockN;
         __syncthreads();  // the previous key block is done with every tile
         int m_first, m_last;
-        query_block_range(p, seq, key0, kBlockN, kBlockM, m_first, m_last);
-        // K and V only for a key block some query block sees: a deterministic CTA walks several key blocks, and copies left
-        // in flight by one that needs none could land over the next one's (cp.async groups complete in no fixed order).
-        if (m_last >= m_first) {
-            load_tile<kD, kBlockN, kThreads>(sK, k_base, p.k_row_stride, key0, seqlen_k, p.head_dim, tid);
-            load_tile<kD, kBlockN, kThreads>(sV, v_base, p.v_row_stride, key0, seqlen_k, p.head_dim, tid);
-            cp_async_commit();
-        }
+        begin_key_block<kBlockN, kBlockM, kThreads>(p, seq, sK, sV, k_base, v_base, key0, tid, m_first, m_last);
 
         float acc_dk[kHalfD / 8][4], acc_dv[kHalfD / 8][4];
 #pragma unroll
