@@ -43,7 +43,7 @@ public sealed class CudaDevice
     /// (Kernels/flash_fwd_sm90.cu) on sm_90 unless FLASHATTN_FWD_SM90=0, otherwise "fa2" (Kernels/flash_fwd.cu, which also
     /// takes every call with dropout).</summary>
     public string ForwardKernelFamily =>
-        ForwardVariant.UseHopper && ForwardVariant.HopperCovers(Architecture, 64, false, false, false) ? "sm90-wgmma" : "fa2";
+        ForwardVariant.UseHopper && ForwardVariant.HopperCovers(Architecture, 64, false) ? "sm90-wgmma" : "fa2";
 
     /// <summary>The backward kernel family that calls at head dims up to 128 without dropout take on this device: "sm90-wgmma"
     /// (Kernels/flash_bwd_sm90.cu) on sm_90 unless FLASHATTN_BWD_SM90=0, otherwise "fa2" (which also takes dropout, narrow

@@ -48,7 +48,7 @@ internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int Bloc
 
     /// <summary>Whether the Hopper kernel covers a call: an sm_90 device, any head dim (up to 256), no dropout (softcap and
     /// ALiBi are compile-time variants of it, as of the FlashAttention-2 kernel).</summary>
-    public static bool HopperCovers(string architecture, int headDim, bool dropout, bool softcap, bool alibi) =>
+    public static bool HopperCovers(string architecture, int headDim, bool dropout) =>
         architecture == "sm_90a" && headDim <= 256 && !dropout;
 
     /// <summary>The Hopper kernel's variant: 128 query rows (two warpgroups of 64), two CTAs per SM (one's softmax overlaps the
@@ -76,7 +76,7 @@ internal sealed record ForwardVariant(int HeadDimBucket, bool BFloat16, int Bloc
     /// the tiles it computes.</summary>
     public static ForwardVariant Choose(string architecture, int headDim, bool bfloat16, bool dropout, bool softcap, bool alibi,
         int windowLeft, int windowRight) =>
-        UseHopper && HopperCovers(architecture, headDim, dropout, softcap, alibi)
+        UseHopper && HopperCovers(architecture, headDim, dropout)
             ? ForHopper(headDim, bfloat16, softcap, alibi, IsNarrowWindow(windowLeft, windowRight))
             : For(headDim, bfloat16, dropout, softcap, alibi, IsNarrowWindow(windowLeft, windowRight));
 

@@ -35,7 +35,7 @@ public static class KernelWarmup
     {
         yield return ("copy_heads.cu", "copy_heads_kernel", "copy_heads", []);
         // The Hopper forward on sm_90 GPUs: always with every variant, otherwise when it is switched on.
-        if (ForwardVariant.HopperCovers(architecture, 128, false, false, false) && (everyVariant || ForwardVariant.UseHopper))
+        if (ForwardVariant.HopperCovers(architecture, 128, false) && (everyVariant || ForwardVariant.UseHopper))
             foreach (int bucket in Buckets)
                 foreach (bool bf16 in Flags)
                     foreach (bool softcap in everyVariant ? Flags : [false])

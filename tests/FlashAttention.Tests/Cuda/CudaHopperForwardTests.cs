@@ -29,7 +29,7 @@ public sealed class CudaHopperForwardTests
     public void ForwardAndGradientsMatchTheReference(bool hopper, int headDim, Dtype dtype, string mask)
     {
         var device = GpuRequirement.SkipIfUnavailable();
-        if (hopper && !ForwardVariant.HopperCovers(device.Architecture, headDim, false, false, false))
+        if (hopper && !ForwardVariant.HopperCovers(device.Architecture, headDim, false))
             Assert.Skip($"The Hopper forward needs an sm_90 GPU; this one is {device.Architecture}.");
         ForwardVariant.HopperPinned.Value = hopper;
         // seqlen_q not a multiple of the 128-row block, seqlen_k not a multiple of either key block; 4 query heads on 2.
@@ -68,7 +68,7 @@ public sealed class CudaHopperForwardTests
     public void ScoreModifiersMatchTheReference(bool hopper, int headDim, Dtype dtype, string modifiers, string mask)
     {
         var device = GpuRequirement.SkipIfUnavailable();
-        if (hopper && !ForwardVariant.HopperCovers(device.Architecture, headDim, false, true, true))
+        if (hopper && !ForwardVariant.HopperCovers(device.Architecture, headDim, false))
             Assert.Skip($"The Hopper forward needs an sm_90 GPU; this one is {device.Architecture}.");
         ForwardVariant.HopperPinned.Value = hopper;
         var problem = new Problem(2, 201, mask == "causal" ? 150 : 333, 4, 2, headDim);
@@ -128,7 +128,7 @@ public sealed class CudaHopperForwardTests
     public void NarrowWindowsMatchTheReference(int headDim, int seqlenQ, int seqlenK, int left, int right)
     {
         var device = GpuRequirement.SkipIfUnavailable();
-        if (!ForwardVariant.HopperCovers(device.Architecture, headDim, false, false, false))
+        if (!ForwardVariant.HopperCovers(device.Architecture, headDim, false))
             Assert.Skip($"The Hopper forward needs an sm_90 GPU; this one is {device.Architecture}.");
         ForwardVariant.HopperPinned.Value = true;
         Assert.Equal(headDim <= 64 ? 64 : 128, ForwardVariant.Choose(device.Architecture, headDim, true, false, false, false, left, right).BlockM);
@@ -141,7 +141,7 @@ public sealed class CudaHopperForwardTests
     private static void LongSequence(int headDim, bool causal, AttentionOptions options)
     {
         var device = GpuRequirement.SkipIfUnavailable();
-        if (!ForwardVariant.HopperCovers(device.Architecture, headDim, false, false, false))
+        if (!ForwardVariant.HopperCovers(device.Architecture, headDim, false))
             Assert.Skip($"The Hopper forward needs an sm_90 GPU; this one is {device.Architecture}.");
         ForwardVariant.HopperPinned.Value = true;
         var problem = new Problem(1, 1000, 1100, 2, 1, headDim);

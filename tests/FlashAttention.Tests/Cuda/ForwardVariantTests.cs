@@ -61,8 +61,12 @@ public sealed class HopperForwardVariantTests
     [InlineData("sm_80", 64, false, false, false, false)]
     [InlineData("sm_80", 64, false, true, false, false)]
     [InlineData("sm_89", 128, false, false, false, false)]
-    public void CoversSm90WithoutDropout(string architecture, int headDim, bool dropout, bool softcap, bool alibi, bool covered) =>
-        Assert.Equal(covered, ForwardVariant.HopperCovers(architecture, headDim, dropout, softcap, alibi));
+    public void CoversSm90WithoutDropout(string architecture, int headDim, bool dropout, bool softcap, bool alibi, bool covered)
+    {
+        Assert.Equal(covered, ForwardVariant.HopperCovers(architecture, headDim, dropout));
+        ForwardVariant.HopperPinned.Value = true;
+        Assert.Equal(covered, ForwardVariant.Choose(architecture, headDim, true, dropout, softcap, alibi, -1, -1).Hopper);
+    }
 
     [Theory]
     [InlineData(64, false)]
